@@ -1,0 +1,55 @@
+"""fastalloc-shm: a shared object pool for many processes on one machine.
+
+A pool lives in a named POSIX shared-memory segment; any process that knows
+its name attaches and allocates, reads and releases msgpack values through
+integer handles. `RedisPool` runs the same API on Redis across hosts.
+"""
+
+from .config import GrowthStrategy, PoolConfig
+from .errors import (
+    ConfigError,
+    FastallocError,
+    IncompatiblePool,
+    InvalidHandle,
+    LockTimeout,
+    PoolExhausted,
+    PoolExistsError,
+    PoolNotFound,
+    SerializationError,
+    SharedMemoryFull,
+    StaleHandle,
+    ValueTooLarge,
+)
+from .growing import GrowingPool
+from .pool import FixedPool, attach, unlink
+from .redis_pool import RedisPool
+from .report import RecoveryReport
+from .stats import PoolStatistics
+from .threadlocal import ThreadLocalPool
+from .threadsafe import ThreadSafePool
+
+__all__ = [
+    "FixedPool",
+    "GrowingPool",
+    "ThreadLocalPool",
+    "ThreadSafePool",
+    "RedisPool",
+    "PoolConfig",
+    "GrowthStrategy",
+    "PoolStatistics",
+    "RecoveryReport",
+    "attach",
+    "unlink",
+    "FastallocError",
+    "PoolExhausted",
+    "StaleHandle",
+    "InvalidHandle",
+    "ValueTooLarge",
+    "SerializationError",
+    "PoolNotFound",
+    "PoolExistsError",
+    "IncompatiblePool",
+    "LockTimeout",
+    "SharedMemoryFull",
+    "ConfigError",
+]

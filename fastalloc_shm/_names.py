@@ -1,0 +1,64 @@
+"""Pool names and the names of every system object a pool owns.
+
+All of them carry the prefix `fastalloc.` so that `fastalloc-shm ls` and leak
+checks find them in `/dev/shm` (segments as `fastalloc.*`, Linux semaphores
+as `sem.fastalloc.*`).
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+
+from .errors import ConfigError
+
+PREFIX = "fastalloc."
+SHM_DIR = "/dev/shm"
+# Linux: a /dev/shm entry is a file name (NAME_MAX 255). The semaphore's file
+# is "sem." + PREFIX + name + ".lock" and an extent "PREFIX + name + .x<k>";
+# 200 leaves room for both.
+MAX_NAME_LENGTH = 200
+# macOS caps the whole POSIX IPC name (PSHMNAMLEN) at 31 bytes.
+MACOS_MAX_IPC_NAME = 31
+_VALID = re.compile(r"[A-Za-z0-9_.\-]+")
+_RESERVED_SUFFIX = re.compile(r"\.(lock|x\d+)$")
+
+
+def validate(name: str) -> str:
+    """Return `name` if it is a valid pool name, else raise ConfigError."""
+    if not isinstance(name, str) or not _VALID.fullmatch(name):
+        raise ConfigError(f"name: {name!r} is not a pool name; use letters, digits, '_', '.', '-'")
+    if name in (".", "..") or _RESERVED_SUFFIX.search(name):
+        raise ConfigError(f"name: {name!r} is reserved (it looks like a lock or extent name)")
+    limit = MAX_NAME_LENGTH
+    if sys.platform == "darwin":
+        limit = MACOS_MAX_IPC_NAME - len("/" + PREFIX + ".lock")
+    if len(name) > limit:
+        raise ConfigError(
+            f"name: {name!r} has {len(name)} characters; at most {limit} fit on {sys.platform}"
+            " with the object prefix and suffixes"
+        )
+    return name
+
+
+def segment(name: str) -> str:
+    """POSIX name of the pool's main segment."""
+    return f"/{PREFIX}{name}"
+
+
+def extent(name: str, number: int) -> str:
+    """POSIX name of growth extent `number` (1-based; extent 0 is the main segment)."""
+    return f"/{PREFIX}{name}.x{number}"
+
+
+def semaphore(name: str) -> str:
+    """POSIX name of the pool's lock semaphore."""
+    return f"/{PREFIX}{name}.lock"
+
+
+def pool_of_entry(entry: str) -> str | None:
+    """Pool name of a main-segment `/dev/shm` entry, or None for anything else."""
+    if not entry.startswith(PREFIX):
+        return None
+    rest = entry[len(PREFIX):]
+    return None if _RESERVED_SUFFIX.search(rest) else rest

@@ -1,0 +1,52 @@
+"""RecoveryReport: what one `recover()` found and repaired."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class RecoveryReport:
+    """The outcome of `pool.recover()`; every count is slots unless it says otherwise."""
+
+    pool: str
+    orphan_policy: str
+    dead_clients: tuple[int, ...] = field(default_factory=tuple)
+    """Pids of dead processes found in the pool's client table (or leases, for Redis)."""
+    lock_taken_over: bool = False
+    """The lock was held by a dead process and was repaired."""
+    cached_returned: int = 0
+    """Slots in dead processes' magazines, returned to the free list."""
+    half_written_freed: int = 0
+    """Slots a dead process was writing on allocation, freed."""
+    torn_values: int = 0
+    """Values a dead process was overwriting with set(); marked so get() raises."""
+    orphans_kept: int = 0
+    """Allocated slots of dead owners left allocated (orphan_policy='keep')."""
+    orphans_reclaimed: int = 0
+    """Allocated slots of dead owners freed (orphan_policy='reclaim')."""
+    corrupt_slots: int = 0
+    """Slot metadata that made no sense, reset to free."""
+    free_list_rebuilt: bool = False
+
+    @property
+    def repaired(self) -> bool:
+        """True when recovery changed anything."""
+        return bool(
+            self.lock_taken_over or self.cached_returned or self.half_written_freed or self.torn_values
+            or self.orphans_reclaimed or self.corrupt_slots or self.free_list_rebuilt
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["dead_clients"] = list(self.dead_clients)
+        data["repaired"] = self.repaired
+        return data
+
+    def __str__(self) -> str:
+        if not self.repaired and not self.orphans_kept:
+            return f"pool {self.pool!r}: nothing to repair"
+        parts = [f"{k.replace('_', ' ')} {v}" for k, v in self.to_dict().items()
+                 if k not in ("pool", "orphan_policy", "dead_clients", "repaired") and v]
+        return f"pool {self.pool!r} ({self.orphan_policy}): " + ", ".join(parts)

@@ -1,0 +1,77 @@
+"""PoolStatistics: a frozen snapshot of the counters a pool keeps in its segment."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class PoolStatistics:
+    """Counters of one pool, shared by every process that uses it.
+
+    >>> s = PoolStatistics(capacity=10, current_usage=5, peak_usage=8, total_allocations=8)
+    >>> s.utilization_rate(), s.available()
+    (50.0, 5)
+    """
+
+    capacity: int
+    """Slots the pool has now (a GrowingPool's grows)."""
+    current_usage: int = 0
+    """Slots allocated now."""
+    peak_usage: int = 0
+    """Highest current_usage seen since creation or reset_statistics()."""
+    total_allocations: int = 0
+    """Successful allocations."""
+    total_deallocations: int = 0
+    """Releases (including slots freed by recovery)."""
+    allocation_failures: int = 0
+    """Allocations refused because the pool was full."""
+    growth_count: int = 0
+    """Times the pool grew."""
+    lock_acquisitions: int = 0
+    """Times a process took the pool's semaphore."""
+    lock_wait_ns: int = 0
+    """Nanoseconds spent waiting for a contended lock."""
+    lock_timeouts: int = 0
+    """Lock waits that gave up after lock_timeout."""
+    recoveries: int = 0
+    """Repairs after a dead process (lock takeovers and recover() calls that fixed something)."""
+
+    def utilization_rate(self) -> float:
+        """Percent of capacity in use now (0-100)."""
+        return 100.0 * self.current_usage / self.capacity if self.capacity else 0.0
+
+    def peak_utilization_rate(self) -> float:
+        """Percent of capacity in use at the peak (0-100)."""
+        return 100.0 * self.peak_usage / self.capacity if self.capacity else 0.0
+
+    def hit_rate(self) -> float:
+        """Fraction of allocation attempts that succeeded (1.0 with no attempts)."""
+        attempts = self.total_allocations + self.allocation_failures
+        return self.total_allocations / attempts if attempts else 1.0
+
+    def available(self) -> int:
+        """Slots free now."""
+        return self.capacity - self.current_usage
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as a plain dict (for JSON and msgpack)."""
+        return asdict(self)
+
+    def __str__(self) -> str:
+        return "\n".join(
+            [
+                f"capacity            {self.capacity:>14,}",
+                f"in use              {self.current_usage:>14,}  ({self.utilization_rate():.1f}%)",
+                f"peak                {self.peak_usage:>14,}  ({self.peak_utilization_rate():.1f}%)",
+                f"allocations         {self.total_allocations:>14,}",
+                f"deallocations       {self.total_deallocations:>14,}",
+                f"failures            {self.allocation_failures:>14,}  (hit rate {self.hit_rate():.4f})",
+                f"growths             {self.growth_count:>14,}",
+                f"lock acquisitions   {self.lock_acquisitions:>14,}",
+                f"lock wait           {self.lock_wait_ns / 1e6:>14,.3f} ms",
+                f"lock timeouts       {self.lock_timeouts:>14,}",
+                f"recoveries          {self.recoveries:>14,}",
+            ]
+        )
