@@ -67,6 +67,11 @@ class GrowthStrategy:
         if self.kind == "exponential":
             return max(1, math.floor(capacity * self.value) - capacity)
         if self.kind == "custom":
+            if self.fn is None:
+                raise ConfigError(
+                    "growth_strategy: the pool's custom growth function could not be recorded by import path, "
+                    "so this process cannot grow it; give it as a module-level function or 'module:qualname'"
+                )
             added = _callables.as_callable(self.fn, "growth_strategy")(capacity)
             if isinstance(added, bool) or not isinstance(added, int) or added < 0:
                 raise ConfigError(f"growth_strategy: custom function returned {added!r}; it must return an int >= 0")

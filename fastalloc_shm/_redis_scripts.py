@@ -1,0 +1,388 @@
+"""The server side of RedisPool: its keys and the Lua scripts that change them.
+
+Every pool operation is one script, so Redis runs it atomically: a client
+killed at any instruction leaves either the state before the call or the one
+after it, never half of it (the same guarantee the shared-memory kinds build
+with their lock and ordered writes). All keys of pool NAME carry the hash tag
+`{fastalloc.NAME}`, so a pool lives on one cluster slot and its scripts may
+touch all its keys, while many pools spread over a cluster.
+
+Keys (the tag is written T):
+
+    T:meta      hash  layout, config (msgpack), capacity, slot_size, max_capacity,
+                      growth, growth_value, hwm, counters, next_client
+    T:free      list  released slot indices (RPUSH on release, RPOP on allocation)
+    T:gen       hash  index -> generation, written on first release (absent = 1)
+    T:owner     hash  index -> client id; a slot is allocated iff it has an owner
+    T:data      hash  index -> msgpack payload (kept after release, for reset())
+    T:owned     hash  client id -> number of slots it owns
+    T:clients   set   ids of clients that registered and may own slots
+    T:lease:ID  string, expiring after the client's lease_ttl unless refreshed
+
+Slots are handed out lazily: `hwm` ("high-water mark") is the first index
+never used, so creating or growing a pool writes no per-slot data. Indices
+and generations travel as separate integers because Lua numbers are doubles
+and cannot hold a 64-bit handle; the client packs them.
+
+Errors are returned as `FASTALLOC <CODE> <args...>` error replies, which the
+client turns into the library's exceptions. Scripts return them at the top
+level (never raise them) because only Redis 7 keeps a raised error's text.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+LAYOUT = "fastalloc-redis/1"
+TAG_PREFIX = "{fastalloc."
+META_SUFFIX = "}:meta"
+# The SCAN pattern of every pool's meta key (braces are literal in Redis globs).
+META_PATTERN = TAG_PREFIX + "*" + META_SUFFIX
+BASE_KEY_COUNT = 7
+
+
+def pool_keys(name: str) -> list[str]:
+    """The keys every script receives, in the order the scripts read them."""
+    tag = TAG_PREFIX + name + "}"
+    return [f"{tag}:{part}" for part in ("meta", "free", "gen", "owner", "data", "owned", "clients")]
+
+
+def lease_key(name: str, client: int | str) -> str:
+    """The key whose presence says client `client` of pool `name` is alive."""
+    return f"{TAG_PREFIX}{name}}}:lease:{client}"
+
+
+def pool_of_meta_key(key: str) -> str | None:
+    """The pool name in a meta key found by SCAN, or None for anything else."""
+    if key.startswith(TAG_PREFIX) and key.endswith(META_SUFFIX):
+        return key[len(TAG_PREFIX):-len(META_SUFFIX)] or None
+    return None
+
+
+@dataclass(frozen=True)
+class Script:
+    """A Lua script and its SHA1, the name EVALSHA calls it by."""
+
+    name: str
+    source: str
+    sha: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sha", hashlib.sha1(self.source.encode()).hexdigest())
+
+
+_PRELUDE = """
+local META, FREE, GEN, OWNER, DATA, OWNED, CLIENTS = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
+local LAYOUT = '%(layout)s'
+local MAX_GENERATION = 4294967295
+local INDEX_LIMIT = 4294967296
+-- Values per multi-argument command: Lua's unpack() fails near 8000.
+local CHUNK = 1000
+
+local function fail(code, ...)
+  local parts = {'FASTALLOC', code}
+  for _, v in ipairs({...}) do parts[#parts + 1] = tostring(v) end
+  return redis.error_reply(table.concat(parts, ' '))
+end
+
+-- nil when the meta hash read `layout` of this library, else the error to return
+local function not_a_pool(layout)
+  if layout == LAYOUT then return nil end
+  if not layout then return fail('NOPOOL') end
+  return fail('LAYOUT', layout)
+end
+
+-- Run cmd on key with `args` split into calls of `step` arguments; the replies joined.
+local function batched(cmd, key, args, step)
+  local out = {}
+  for first = 1, #args, step do
+    local reply = redis.call(cmd, key, unpack(args, first, math.min(first + step - 1, #args)))
+    if type(reply) == 'table' then
+      for _, v in ipairs(reply) do out[#out + 1] = v end
+    end
+  end
+  return out
+end
+
+local function next_generation(g)
+  if g < MAX_GENERATION then return g + 1 end
+  return 1
+end
+
+-- Free `idx` (validated, allocated) whose current generations are `gens`.
+local function free_slots(idx, gens)
+  local gen_args = {}
+  for k = 1, #idx do
+    gen_args[2 * k - 1], gen_args[2 * k] = idx[k], next_generation(tonumber(gens[k]) or 1)
+  end
+  batched('HSET', GEN, gen_args, 2 * CHUNK)
+  batched('HDEL', OWNER, idx, CHUNK)
+  batched('RPUSH', FREE, idx, CHUNK)
+  redis.call('HINCRBY', META, 'in_use', -#idx)
+  redis.call('HINCRBY', META, 'total_deallocations', #idx)
+end
+
+-- nil when (i, g) names an allocated slot of this pool, else the error to return
+local function check_handle(i, g)
+  local m = redis.call('HMGET', META, 'layout', 'capacity')
+  local bad = not_a_pool(m[1])
+  if bad then return bad end
+  if tonumber(i) >= tonumber(m[2]) then return fail('INVALID', i, g, m[2]) end
+  local cur = tonumber(redis.call('HGET', GEN, i)) or 1
+  if cur ~= tonumber(g) or redis.call('HEXISTS', OWNER, i) == 0 then return fail('STALE', i, g, cur) end
+  return nil
+end
+""" % {"layout": LAYOUT}
+
+# ARGV: config (msgpack), capacity, slot_size, max_capacity (-1: none), growth kind, growth value.
+CREATE = Script("create", _PRELUDE + """
+local kind = redis.call('TYPE', META)['ok']
+if kind ~= 'none' then
+  if kind ~= 'hash' then return fail('FOREIGN', META, kind) end
+  local layout = redis.call('HGET', META, 'layout')
+  if layout == LAYOUT then return 'EXISTS' end
+  if layout then return fail('LAYOUT', layout) end
+  return fail('FOREIGN', META, 'hash')
+end
+for _, key in ipairs({FREE, GEN, OWNER, DATA, OWNED, CLIENTS}) do
+  if redis.call('EXISTS', key) == 1 then return fail('FOREIGN', key, redis.call('TYPE', key)['ok']) end
+end
+redis.call('HSET', META, 'layout', LAYOUT, 'config', ARGV[1], 'capacity', ARGV[2], 'slot_size', ARGV[3],
+  'max_capacity', ARGV[4], 'growth', ARGV[5], 'growth_value', ARGV[6], 'hwm', 0, 'in_use', 0, 'peak', 0,
+  'total_allocations', 0, 'total_deallocations', 0, 'allocation_failures', 0, 'growth_count', 0,
+  'recoveries', 0, 'next_client', 0)
+return 'CREATED'
+""")
+
+# Returns the pool's config record (msgpack).
+DESCRIBE = Script("describe", _PRELUDE + """
+local kind = redis.call('TYPE', META)['ok']
+if kind == 'none' then return fail('NOPOOL') end
+if kind ~= 'hash' then return fail('FOREIGN', META, kind) end
+local m = redis.call('HMGET', META, 'layout', 'config')
+if not m[1] then return fail('FOREIGN', META, 'hash') end
+local bad = not_a_pool(m[1])
+if bad then return bad end
+return m[2]
+""")
+
+# Returns a new client id.
+NEW_CLIENT = Script("new_client", _PRELUDE + """
+local bad = not_a_pool(redis.call('HGET', META, 'layout'))
+if bad then return bad end
+return redis.call('HINCRBY', META, 'next_client', 1)
+""")
+
+# KEYS[8]: the client's lease. ARGV: client id, lease ttl in ms. Returns 0 once the pool is gone.
+TOUCH = Script("touch", _PRELUDE + """
+if redis.call('HGET', META, 'layout') ~= LAYOUT then return 0 end
+redis.call('SET', KEYS[8], 1, 'PX', ARGV[2])
+redis.call('SADD', CLIENTS, ARGV[1])
+return 1
+""")
+
+# KEYS[8]: the client's lease. ARGV: client id. A client that owns slots stays
+# registered so that recover() finds them once its lease is gone.
+GOODBYE = Script("goodbye", _PRELUDE + """
+redis.call('DEL', KEYS[8])
+if redis.call('HEXISTS', OWNED, ARGV[1]) == 0 then redis.call('SREM', CLIENTS, ARGV[1]) end
+return 1
+""")
+
+# ARGV: client id, count n, capacity the custom growth amount was computed from
+# (-1: none), that amount, then n payloads (none: acquire, which returns the
+# slots' previous payloads instead of writing new ones).
+# Returns {capacity, index1, generation1, ...[, previous payloads...]}.
+ALLOCATE = Script("allocate", _PRELUDE + """
+local client, n = ARGV[1], tonumber(ARGV[2])
+local grow_from, grow_by = tonumber(ARGV[3]), tonumber(ARGV[4])
+local m = redis.call('HMGET', META, 'layout', 'capacity', 'hwm', 'max_capacity', 'growth', 'growth_value',
+  'in_use', 'peak')
+local bad = not_a_pool(m[1])
+if bad then return bad end
+local cap, hwm, limit = tonumber(m[2]), tonumber(m[3]), tonumber(m[4])
+if limit < 0 or limit > INDEX_LIMIT then limit = INDEX_LIMIT end
+local free = redis.call('LLEN', FREE)
+local short = n - free - (cap - hwm)
+if short > 0 then
+  -- Grow only when the whole request fits at max_capacity: a refused batch changes nothing.
+  if limit - cap < short then
+    redis.call('HINCRBY', META, 'allocation_failures', n)
+    return fail('EXHAUSTED', cap, m[7], n, limit)
+  end
+  local kind, value, grown, need_amount = m[5], tonumber(m[6]), 0, false
+  while short > 0 do
+    local add = 0
+    if kind == 'linear' then
+      add = value
+    elseif kind == 'exponential' then
+      add = math.max(1, math.floor(cap * value) - cap)
+    elseif kind == 'custom' then
+      -- The client computed fn(grow_from); it applies only if nobody grew the pool since.
+      if grow_from ~= cap then
+        need_amount = true
+        break
+      end
+      add, grow_from = grow_by, -1
+    end
+    add = math.min(add, limit - cap)
+    if add <= 0 then break end
+    cap, short, grown = cap + add, short - add, grown + 1
+  end
+  if grown > 0 then
+    redis.call('HSET', META, 'capacity', cap)
+    redis.call('HINCRBY', META, 'growth_count', grown)
+  end
+  if need_amount then return fail('GROW', cap) end
+  if short > 0 then
+    redis.call('HINCRBY', META, 'allocation_failures', n)
+    return fail('EXHAUSTED', cap, m[7], n, limit)
+  end
+end
+local idx = {}
+if free > 0 then idx = redis.call('RPOP', FREE, math.min(n, free)) end
+for k = #idx + 1, n do
+  idx[k] = hwm
+  hwm = hwm + 1
+end
+local gens = batched('HMGET', GEN, idx, CHUNK)
+local owner_args, reply = {}, {cap}
+for k = 1, n do
+  owner_args[2 * k - 1], owner_args[2 * k] = idx[k], client
+  reply[2 * k], reply[2 * k + 1] = tonumber(idx[k]), tonumber(gens[k]) or 1
+end
+batched('HSET', OWNER, owner_args, 2 * CHUNK)
+redis.call('HINCRBY', OWNED, client, n)
+if #ARGV > 4 then
+  local data_args = {}
+  for k = 1, n do data_args[2 * k - 1], data_args[2 * k] = idx[k], ARGV[4 + k] end
+  batched('HSET', DATA, data_args, 2 * CHUNK)
+else
+  local previous = batched('HMGET', DATA, idx, CHUNK)
+  for k = 1, n do reply[#reply + 1] = previous[k] end
+end
+local in_use = tonumber(m[7]) + n
+redis.call('HSET', META, 'hwm', hwm, 'in_use', in_use, 'peak', math.max(tonumber(m[8]), in_use))
+redis.call('HINCRBY', META, 'total_allocations', n)
+return reply
+""")
+
+# ARGV: index1, generation1, index2, generation2, ... All are checked before
+# any is freed: one bad handle releases nothing. Returns the count released.
+RELEASE = Script("release", _PRELUDE + """
+local m = redis.call('HMGET', META, 'layout', 'capacity')
+local bad = not_a_pool(m[1])
+if bad then return bad end
+local cap, n, idx = tonumber(m[2]), #ARGV / 2, {}
+for k = 1, n do
+  idx[k] = ARGV[2 * k - 1]
+  if tonumber(idx[k]) >= cap then return fail('INVALID', idx[k], ARGV[2 * k], cap) end
+end
+local gens = batched('HMGET', GEN, idx, CHUNK)
+local owners = batched('HMGET', OWNER, idx, CHUNK)
+local seen, per_owner = {}, {}
+for k = 1, n do
+  local i, g, cur = idx[k], tonumber(ARGV[2 * k]), tonumber(gens[k]) or 1
+  if g ~= cur or not owners[k] or seen[i] then return fail('STALE', i, g, cur) end
+  seen[i] = true
+  per_owner[owners[k]] = (per_owner[owners[k]] or 0) + 1
+end
+free_slots(idx, gens)
+for owner, count in pairs(per_owner) do
+  if redis.call('HINCRBY', OWNED, owner, -count) <= 0 then redis.call('HDEL', OWNED, owner) end
+end
+return n
+""")
+
+# ARGV: index, generation. Returns the payload.
+GET = Script("get", _PRELUDE + """
+local bad = check_handle(ARGV[1], ARGV[2])
+if bad then return bad end
+local payload = redis.call('HGET', DATA, ARGV[1])
+if not payload then return fail('EMPTY', ARGV[1]) end
+return payload
+""")
+
+# ARGV: index, generation, payload.
+SET = Script("set", _PRELUDE + """
+local bad = check_handle(ARGV[1], ARGV[2])
+if bad then return bad end
+redis.call('HSET', DATA, ARGV[1], ARGV[3])
+return 1
+""")
+
+STATISTICS_FIELDS = (
+    "capacity", "in_use", "peak", "total_allocations", "total_deallocations",
+    "allocation_failures", "growth_count", "recoveries",
+)
+
+# Returns the counters named by STATISTICS_FIELDS, in that order.
+STATISTICS = Script("statistics", _PRELUDE + """
+local m = redis.call('HMGET', META, 'layout', %s)
+local bad = not_a_pool(m[1])
+if bad then return bad end
+local out = {}
+for k = 2, #m do out[k - 1] = tonumber(m[k]) or 0 end
+return out
+""" % ", ".join(f"'{f}'" for f in STATISTICS_FIELDS))
+
+RESET_STATISTICS = Script("reset_statistics", _PRELUDE + """
+local m = redis.call('HMGET', META, 'layout', 'in_use')
+local bad = not_a_pool(m[1])
+if bad then return bad end
+redis.call('HSET', META, 'peak', m[2], 'total_allocations', 0, 'total_deallocations', 0,
+  'allocation_failures', 0, 'growth_count', 0, 'recoveries', 0)
+return 1
+""")
+
+# KEYS[8...]: the leases of the clients in ARGV[2...]. ARGV[1]: 'keep' or 'reclaim'.
+# Returns {orphans kept, orphans reclaimed, dead client ids...}.
+RECOVER = Script("recover", _PRELUDE + """
+local bad = not_a_pool(redis.call('HGET', META, 'layout'))
+if bad then return bad end
+local reclaim, dead, is_dead = ARGV[1] == 'reclaim', {}, {}
+for k = 2, #ARGV do
+  if redis.call('EXISTS', KEYS[6 + k]) == 0 then
+    dead[#dead + 1] = ARGV[k]
+    is_dead[ARGV[k]] = true
+  end
+end
+local kept, reclaimed = 0, 0
+for _, c in ipairs(dead) do
+  local owned = tonumber(redis.call('HGET', OWNED, c)) or 0
+  -- A dead client whose slots are kept stays registered, so a later reclaim finds them.
+  if owned == 0 or reclaim then redis.call('SREM', CLIENTS, c) end
+  if not reclaim then kept = kept + owned end
+end
+if reclaim and #dead > 0 then
+  local flat, idx = redis.call('HGETALL', OWNER), {}
+  for k = 1, #flat, 2 do
+    if is_dead[flat[k + 1]] then idx[#idx + 1] = flat[k] end
+  end
+  if #idx > 0 then
+    free_slots(idx, batched('HMGET', GEN, idx, CHUNK))
+    redis.call('HINCRBY', META, 'recoveries', 1)
+  end
+  for _, c in ipairs(dead) do redis.call('HDEL', OWNED, c) end
+  reclaimed = #idx
+end
+local reply = {kept, reclaimed}
+for _, c in ipairs(dead) do reply[#reply + 1] = c end
+return reply
+""")
+
+# KEYS[8...]: the leases of registered clients. Returns 1 if the pool existed.
+UNLINK = Script("unlink", _PRELUDE + """
+local kind = redis.call('TYPE', META)['ok']
+if kind == 'none' then return 0 end
+if kind ~= 'hash' then return fail('FOREIGN', META, kind) end
+local layout = redis.call('HGET', META, 'layout')
+if not layout then return fail('FOREIGN', META, 'hash') end
+local bad = not_a_pool(layout)
+if bad then return bad end
+for first = 1, #KEYS, CHUNK do
+  redis.call('DEL', unpack(KEYS, first, math.min(first + CHUNK - 1, #KEYS)))
+end
+return 1
+""")

@@ -1,0 +1,168 @@
+"""Create, open and remove the system objects of a pool: segments and the semaphore.
+
+Segments are opened with posix_ipc rather than multiprocessing.shared_memory:
+CPython 3.11's resource_tracker registers every SharedMemory it sees and
+unlinks it when the registering process exits, even if other processes still
+use it. Nothing here registers with the tracker, so a pool lives until
+`unlink()`.
+
+Creation reserves every page with posix_fallocate, so a full /dev/shm is an
+error at create or grow time, never a SIGBUS on a later write.
+"""
+
+from __future__ import annotations
+
+import errno
+import mmap
+import os
+import stat
+
+import posix_ipc
+
+from . import _names
+from .errors import IncompatiblePool, PoolExistsError, PoolNotFound, SharedMemoryFull
+
+SEMAPHORE_TIMEOUT_SUPPORTED = posix_ipc.SEMAPHORE_TIMEOUT_SUPPORTED
+
+
+class Segment:
+    """One mapped shared-memory segment. Owns its mmap and file descriptor."""
+
+    mm: mmap.mmap | None = None
+    fd: int = -1
+
+    def __init__(self, posix_name: str, fd: int, size: int) -> None:
+        self.posix_name = posix_name
+        self.fd = fd
+        self.size = size
+        # A size of 0 is a segment whose creator has not sized it yet: no mapping.
+        self.mm = mmap.mmap(fd, size) if size else None
+
+    def close(self) -> None:
+        if self.mm is not None:
+            self.mm.close()
+            self.mm = None
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def shm_free_bytes() -> int:
+    """Bytes free in /dev/shm for an unprivileged writer."""
+    st = os.statvfs(_names.SHM_DIR)
+    return st.f_bavail * st.f_frsize
+
+
+def _no_room(what: str, needed: int) -> SharedMemoryFull:
+    return SharedMemoryFull(
+        f"{what} needs {needed:,} bytes but /dev/shm has {shm_free_bytes():,} free; "
+        "free space or give the container more (docker --shm-size, compose shm_size, "
+        "a Kubernetes emptyDir with medium: Memory)"
+    )
+
+
+def create_segment(posix_name: str, size: int, mode: int, what: str) -> Segment:
+    """Exclusively create a segment of `size` bytes with its pages reserved.
+
+    Raises PoolExistsError when the name is taken, SharedMemoryFull when
+    /dev/shm cannot hold it (the partial segment is removed).
+    """
+    if size > shm_free_bytes():
+        raise _no_room(what, size)
+    try:
+        shm = posix_ipc.SharedMemory(posix_name, posix_ipc.O_CREX, mode=mode)
+    except posix_ipc.ExistentialError as exc:
+        raise PoolExistsError(f"{what}: {posix_name} exists already") from exc
+    fd = shm.fd
+    try:
+        os.fchmod(fd, mode)  # exact mode, whatever the umask
+        os.ftruncate(fd, size)
+        os.posix_fallocate(fd, 0, size)
+        return Segment(posix_name, fd, size)
+    except OSError as exc:
+        os.close(fd)
+        _unlink_quietly(posix_name)
+        if exc.errno in (errno.ENOSPC, errno.ENOMEM, errno.EFBIG):
+            raise _no_room(what, size) from exc
+        raise
+
+
+def open_segment(posix_name: str, what: str) -> Segment:
+    """Map an existing segment at its current size."""
+    try:
+        shm = posix_ipc.SharedMemory(posix_name)
+    except posix_ipc.ExistentialError as exc:
+        raise PoolNotFound(f"{what}: no segment {posix_name} (create the pool first, or check the name)") from exc
+    except posix_ipc.PermissionsError as exc:
+        raise PoolNotFound(f"{what}: {posix_name} exists but this user may not open it ({exc})") from exc
+    fd = shm.fd
+    size = os.fstat(fd).st_size
+    try:
+        return Segment(posix_name, fd, size)
+    except (OSError, ValueError) as exc:
+        os.close(fd)
+        raise IncompatiblePool(f"{what}: cannot map {posix_name} ({exc})") from exc
+
+
+def segment_path(posix_name: str) -> str:
+    return os.path.join(_names.SHM_DIR, posix_name.lstrip("/"))
+
+
+def segment_owner(posix_name: str) -> tuple[int, int]:
+    """(uid, mode bits) of a segment's file."""
+    st = os.stat(segment_path(posix_name))
+    return st.st_uid, stat.S_IMODE(st.st_mode)
+
+
+def _unlink_quietly(posix_name: str) -> bool:
+    try:
+        posix_ipc.unlink_shared_memory(posix_name)
+        return True
+    except posix_ipc.ExistentialError:
+        return False
+
+
+def unlink_segment(posix_name: str) -> bool:
+    """Remove a segment name; True if it existed."""
+    return _unlink_quietly(posix_name)
+
+
+def create_semaphore(posix_name: str, mode: int) -> posix_ipc.Semaphore:
+    """Create the pool's lock at value 1. A stale semaphore left by a creator
+    that died is replaced: whoever holds the segment name owns this name."""
+    try:
+        sem = posix_ipc.Semaphore(posix_name, posix_ipc.O_CREX, mode=mode, initial_value=1)
+    except posix_ipc.ExistentialError:
+        unlink_semaphore(posix_name)
+        sem = posix_ipc.Semaphore(posix_name, posix_ipc.O_CREX, mode=mode, initial_value=1)
+    path = os.path.join(_names.SHM_DIR, "sem." + posix_name.lstrip("/"))
+    if os.path.exists(path):
+        os.chmod(path, mode)
+    return sem
+
+
+def open_semaphore(posix_name: str, what: str) -> posix_ipc.Semaphore:
+    try:
+        return posix_ipc.Semaphore(posix_name)
+    except posix_ipc.ExistentialError as exc:
+        raise IncompatiblePool(f"{what}: its lock {posix_name} is missing; unlink the pool and create it again") from exc
+    except posix_ipc.PermissionsError as exc:
+        raise PoolNotFound(f"{what}: this user may not open its lock ({exc})") from exc
+
+
+def unlink_semaphore(posix_name: str) -> bool:
+    try:
+        posix_ipc.unlink_semaphore(posix_name)
+        return True
+    except posix_ipc.ExistentialError:
+        return False
+
+
+def extent_names_on_disk(pool: str) -> list[str]:
+    """POSIX names of every extent segment of `pool` present in /dev/shm."""
+    prefix = f"{_names.PREFIX}{pool}.x"
+    try:
+        entries = os.listdir(_names.SHM_DIR)
+    except FileNotFoundError:
+        return []
+    return ["/" + e for e in entries if e.startswith(prefix) and e[len(prefix):].isdigit()]
