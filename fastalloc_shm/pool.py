@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import bisect
 import mmap
-from array import array
 import os
 import time
 import weakref
+from array import array
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any, ClassVar
