@@ -18,7 +18,7 @@ Points (see the operation order in _layout.py):
     release.freed        slot marked free, not yet pushed on the free list
     set.writing          under the lock, sequence odd, value half written
     grow.created         extent segment created, not yet recorded in the header
-    magazine.refilling   some slots marked cached, free list not yet popped
+    batch.taking         a batch (allocate_many, a magazine refill) is taking slots, lock held
     recover.rebuilding   repairer holds the lock, free list half rebuilt
 """
 

@@ -53,6 +53,8 @@ from ._liveness import is_alive, start_ticks
 from .errors import FastallocError, LockTimeout
 
 _BusyError = posix_ipc.BusyError
+# A signal during sem_timedwait: its Python handler has run (or will raise); wait on.
+_Interrupted = (posix_ipc.BusyError, posix_ipc.SignalError)
 FIRST_SLICE = 0.001
 MAX_SLICE = 0.02
 # A waiter tries a repair once it has waited this long, then every REPAIR_EVERY.
@@ -260,8 +262,16 @@ class RobustLock:
         slices, trying a repair now and then; give up after `timeout`."""
         started = time.monotonic()
         started_ns = time.perf_counter_ns() if self.measure_wait else 0
-        if not (self.spin and self._spin()):
-            self._block(started)
+        try:
+            if not (self.spin and self._spin()):
+                self._block(started)
+        except LockTimeout:
+            raise
+        except BaseException:
+            # e.g. KeyboardInterrupt from a signal handler: we do not hold the lock
+            self.ct[self.state_word] = L.CLIENT_IDLE
+            self.gate.release()
+            raise
         if self.measure_wait:
             # Only the holder writes here, so the += is not racy.
             self.header[L.HDR_LOCK_WAIT_NS] += time.perf_counter_ns() - started_ns
@@ -291,7 +301,7 @@ class RobustLock:
             try:
                 sem.acquire(wait)
                 return
-            except _BusyError:
+            except _Interrupted:
                 pass
             ct[self.attempts_word] = (ct[self.attempts_word] + 1) & 0xFFFFFFFF
             now = time.monotonic()

@@ -563,6 +563,8 @@ class SharedPool:
                     if local < 0:
                         break
                     taken.append((e, local))
+                    if _fault.ACTIVE:
+                        _fault.hit("batch.taking")
             if counts_as_allocation:
                 q = self._q
                 q[L.HDR_ALLOCATIONS] += len(taken)
