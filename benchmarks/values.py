@@ -1,0 +1,38 @@
+"""The values every system stores, and the initializer eager pools are created with.
+
+All systems get the very same Python objects, so serialization work differs only where a
+system's own design makes it differ (pickle in Manager/UltraDict/shared-memory-dict, msgpack
+elsewhere, nothing at all in a plain dict).
+"""
+
+from __future__ import annotations
+
+import msgpack
+
+# ~100 bytes once msgpack-packed: a small record, the typical "job" or "message" a pool holds.
+SMALL: dict = {
+    "id": 123456,
+    "user": "user-000123",
+    "tags": ["red", "green", "blue"],
+    "score": 0.125,
+    "active": True,
+    "note": "x" * 23,
+}
+# 4 KiB of opaque bytes: a buffer-sized payload (msgpack adds a 3-byte bin header).
+LARGE: bytes = bytes(range(256)) * 16
+
+VALUES: dict[str, object] = {"small": SMALL, "4k": LARGE}
+
+# Slot sizes in bytes: the smallest multiple of 64 that holds each packed value, so that
+# pools are not flattered or penalized by slack.
+SLOT_SIZES: dict[str, int] = {
+    kind: -(-len(msgpack.packb(value)) // 64) * 64 for kind, value in VALUES.items()
+}
+
+
+def initial_value() -> None:
+    """Initializer for eagerly created pools (given as "benchmarks.values:initial_value")."""
+    return None
+
+
+INITIALIZER = "benchmarks.values:initial_value"
