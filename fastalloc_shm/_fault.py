@@ -9,10 +9,9 @@ it imports fastalloc_shm. At the n-th time (default 1st) that process reaches
     stop    write the same line, then SIGSTOP itself (a test may SIGCONT it)
 
 Points (see the operation order in _layout.py):
-    lock.acquired        semaphore taken, client record still says "wants"
-    lock.held            record says "holds"
-    lock.released        semaphore posted, record still says "holds"
-    alloc.marked         slot marked being-written, free list not yet popped
+    lock.acquired        semaphore taken (client record says "wants")
+    lock.released        semaphore posted, record still says "wants"
+    alloc.marked         slot marked being-written (or cached), free list or fresh mark not yet moved
     alloc.popped         free list popped, lock still held
     alloc.writing        lock released, value half written
     release.freed        slot marked free, not yet pushed on the free list

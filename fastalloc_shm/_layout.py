@@ -23,36 +23,39 @@ Slots at local index >= `fresh` were never handed out: their metadata and
 pages are untouched (lazy initialisation) and they are free by definition.
 
 Slot metadata, 4 u32 words:
-    GEN    generation (1.. on first use; bumped on every release, skipping 0)
+    GEN    generation (31 bits: 1.. on first use, bumped on every release,
+           skipping 0), with bit 31 (UNREADABLE) set unless the slot holds a
+           published value. get() compares this one word with the handle.
     WORD   state << 24 | owner pid  (pid_max on Linux is at most 2**22)
     LEN    packed length of the stored value
-    SEQ    write sequence: odd while a value is being written
+    SEQ    write sequence of set(): odd while a value is being overwritten
 
 Client table entry, 8 u32 words (a process that attached the pool):
-    PID, STATE (FREE/IDLE/WANTS/HOLDS), ATTEMPTS (bumped by a waiter after
-    each timed-out wait slice), START_LO/START_HI (process start time in
-    1/100 s since the epoch, as psutil gives it), 3 spare words.
+    PID, STATE (FREE/IDLE/WANTS), ATTEMPTS (bumped by a waiter after each
+    timed-out wait slice), START_LO/START_HI (process start time in 1/100 s
+    since the epoch, as psutil gives it), 3 spare words.
 
 Order of every mutation (each step is one aligned store; x86 keeps stores in
 order, so a process killed between any two leaves a state recovery repairs):
 
-    lock:      client=WANTS; sem.acquire; client=HOLDS; lock_acquisitions += 1
-    unlock:    sem.release; client=IDLE
-               (the client record brackets the semaphore on both sides, so a
-               dead process's record always covers the moment it might have
-               held it; see _lock.py)
-    allocate:  pack outside the lock | lock; pick top-of-stack (or fresh);
-               GEN (fresh only); WORD=WRITING|pid; top -= 1 (or fresh += 1);
-               counters; unlock | SEQ odd; bytes; LEN; SEQ even; WORD=ALLOCATED|pid
-    release:   lock; check GEN and WORD; GEN += 1; WORD=FREE; push; top += 1;
+    lock:      client=WANTS; sem_wait; (every critical section moves the lock epoch)
+    unlock:    sem_post; client=IDLE
+               (WANTS covers every moment the process might hold the
+               semaphore; see _lock.py for how a holder is told from a waiter)
+    allocate:  pack outside the lock | lock; pick top of stack (or fresh);
+               WORD=WRITING|pid (fresh: GEN=1|UNREADABLE first); top -= 1
+               (or fresh += 1); counters; unlock | bytes; LEN; GEN=gen
+               (published); WORD=ALLOCATED|pid
+    release:   lock; check GEN; GEN=gen+1|UNREADABLE; WORD=FREE; push; top += 1;
                counters; unlock
+               (so "allocated but unreadable" means: a holder died releasing)
     set:       pack outside the lock | lock; check; SEQ odd; bytes; LEN; SEQ even; unlock
-    get:       no lock: SEQ; GEN, WORD; LEN; bytes; SEQ again (retry if it moved)
+    get:       no lock: SEQ; GEN == handle's; bytes; SEQ and GEN again (retry if moved)
     grow:      lock; create + reserve the extent segment; write its header;
                extent table entry; n_extents += 1 (the commit); capacity; unlock
     magazine:  refill = lock; per slot WORD=CACHED|pid, pop; unlock.
-               allocate from it = no lock; SEQ odd; bytes; LEN; SEQ even; WORD=ALLOCATED|pid
-               release into it = no lock; GEN += 1; WORD=CACHED|pid
+               allocate from it = no lock; bytes; LEN; GEN=gen; WORD=ALLOCATED|pid
+               release into it = no lock; WORD=CACHED|pid; GEN=gen+1|UNREADABLE
 
 Recovery (under the lock) rebuilds each free list from the WORD states, so
 a half-done push or pop is never trusted.
@@ -95,12 +98,16 @@ HDR_DEALLOCATIONS = 17
 HDR_PEAK = 18
 HDR_FAILURES = 19
 HDR_GROWTHS = 20
-HDR_LOCK_ACQUISITIONS = 21  # also the lock epoch that repair watches
+HDR_LOCK_ACQUISITIONS = 21  # acquisitions other than single allocate/release
 HDR_LOCK_WAIT_NS = 22
 HDR_LOCK_TIMEOUTS = 23
 HDR_RECOVERIES = 24
-COUNTERS = (HDR_ALLOCATIONS, HDR_DEALLOCATIONS, HDR_PEAK, HDR_FAILURES, HDR_GROWTHS,
-            HDR_LOCK_ACQUISITIONS, HDR_LOCK_WAIT_NS, HDR_LOCK_TIMEOUTS, HDR_RECOVERIES)
+# A single allocate() or release() bumps only its own counter, which also
+# counts its lock acquisition: one shared-memory increment per operation.
+# The lock epoch (see _lock.py) is LOCK_ACQUISITIONS + these two.
+HDR_SINGLE_ALLOCATIONS = 25
+HDR_SINGLE_DEALLOCATIONS = 26
+EPOCH_WORDS = (HDR_LOCK_ACQUISITIONS, HDR_SINGLE_ALLOCATIONS, HDR_SINGLE_DEALLOCATIONS)
 
 FLAG_HUGE_PAGES_ADVISED = 1
 
@@ -117,8 +124,8 @@ CLIENT_ATTEMPTS = 2
 CLIENT_START_LO = 3
 CLIENT_START_HI = 4
 CLIENT_WORDS = CLIENT_BYTES // 4
-CLIENT_FREE, CLIENT_IDLE, CLIENT_WANTS, CLIENT_HOLDS = 0, 1, 2, 3
-CLIENT_STATE_NAMES = {CLIENT_FREE: "free", CLIENT_IDLE: "idle", CLIENT_WANTS: "wants", CLIENT_HOLDS: "holds"}
+CLIENT_FREE, CLIENT_IDLE, CLIENT_WANTS = 0, 1, 2
+CLIENT_STATE_NAMES = {CLIENT_FREE: "free", CLIENT_IDLE: "idle", CLIENT_WANTS: "wants"}
 
 # Extent header words (u32 index relative to the extent's first word).
 EXT_CAPACITY = 0
@@ -131,6 +138,9 @@ EXT_HEADER_BYTES = 64
 META_WORDS = 4
 META_BYTES = META_WORDS * 4
 META_GEN, META_WORD, META_LEN, META_SEQ = 0, 1, 2, 3
+UNREADABLE = 1 << 31
+GENERATION_MASK = UNREADABLE - 1
+MAX_SLOT_GENERATION = GENERATION_MASK
 STATE_SHIFT = 24
 OWNER_MASK = (1 << STATE_SHIFT) - 1
 FREE, ALLOCATED, CACHED, WRITING, TORN = 0, 1, 2, 3, 4
@@ -142,6 +152,29 @@ TORN_TAG = TORN << STATE_SHIFT
 # Byte offset of the state inside a little-endian WORD: recovery reads all
 # states at once with a strided slice.
 STATE_BYTE = META_WORD * 4 + 3
+
+
+def next_generation(generation: int) -> int:
+    """The generation after `generation` (31 bits, skipping 0)."""
+    return generation + 1 if generation < MAX_SLOT_GENERATION else 1
+
+
+def epoch(header: memoryview) -> int:
+    """Moves in every critical section of the pool lock."""
+    return header[HDR_LOCK_ACQUISITIONS] + header[HDR_SINGLE_ALLOCATIONS] + header[HDR_SINGLE_DEALLOCATIONS]
+
+
+def total_allocations(header: memoryview) -> int:
+    return header[HDR_ALLOCATIONS] + header[HDR_SINGLE_ALLOCATIONS]
+
+
+def total_deallocations(header: memoryview) -> int:
+    return header[HDR_DEALLOCATIONS] + header[HDR_SINGLE_DEALLOCATIONS]
+
+
+def in_use(header: memoryview) -> int:
+    """Slots allocated now, from the counters."""
+    return total_allocations(header) - total_deallocations(header)
 
 
 def align_up(value: int, alignment: int) -> int:

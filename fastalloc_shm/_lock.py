@@ -2,38 +2,39 @@
 
 A POSIX semaphore is not released when its holder dies, and Linux has no
 SEM_UNDO for it. So each process that attaches a pool gets an entry in the
-pool's client table (pid, start time, state) and brackets every semaphore
-call with it:
+pool's client table (pid, start time, state, attempts) and brackets every
+semaphore call with it:
 
-    acquire:  state = WANTS;  sem_wait;  state = HOLDS;  epoch += 1
+    acquire:  state = WANTS;  sem_wait
     release:  sem_post;  state = IDLE
 
-A process killed anywhere in there leaves a WANTS or HOLDS record, so when
-the semaphore stays at 0 the holder is among the WANTS/HOLDS entries. A waiter
-that has waited a while tries a repair, holding an exclusive `flock` on the
-segment (the kernel drops it if the repairer dies, and it makes the repairer
-unique). It takes the lock over only when it can prove no live process holds
-it:
+WANTS thus covers every moment a process might hold the semaphore, including
+the instants right after sem_wait returns and right before sem_post; a process
+killed anywhere leaves WANTS behind. When the semaphore stays at 0, its
+holder is a WANTS entry. To tell a holder from a waiter:
 
-  * the semaphore reads 0, some WANTS/HOLDS entry belongs to a dead process
-    (pid gone, a zombie, or a reused pid whose start time differs), and no
-    live entry says HOLDS;
-  * a live entry saying WANTS is either blocked waiting or has just taken the
-    semaphore and not yet written HOLDS. Waiters wait in short slices and bump
-    their ATTEMPTS word after each timed-out slice; holders bump the lock
-    epoch (lock_acquisitions) right after writing HOLDS. The repairer waits
-    longer than a slice and looks again: if the epoch moved, or some live WANTS
-    entry did not bump ATTEMPTS (it may be holding, or stopped), it backs off.
-    A live holder, however slow or stopped, is never robbed.
+  * waiters wait in short slices and bump their ATTEMPTS word after each
+    timed-out slice; a holder never does;
+  * every critical section moves the lock epoch (the sum of the lock
+    counters, see _layout.epoch).
 
-The repairer then owns the semaphore the dead process took: it writes HOLDS,
-clears the dead entries, has the pool rebuild its free lists from slot states,
-and releases as usual. This is the scheme iceoryx and Boost.Interprocess use in
-spirit (a death signal plus a single repairer), built from a semaphore because
-that is what costs ~0.1 us uncontended.
+A waiter that has waited a while tries a repair, holding an exclusive `flock`
+on the segment (the kernel drops it if the repairer dies, and it makes the
+repairer unique). It takes the lock over only when it can prove that no live
+process holds it: the semaphore reads 0, some WANTS entry belongs to a dead
+process (pid gone, a zombie, or a reused pid whose start time differs), and
+over a wait longer than any slice the epoch did not move and every live WANTS
+entry bumped ATTEMPTS. A live holder, however slow or stopped, is never robbed.
+
+The repairer then owns the semaphore the dead process took: it clears the
+dead entries, has the pool rebuild its free lists from slot states, and
+releases as usual. Iceoryx and Boost.Interprocess pair a death signal with a
+single repairer in the same spirit; this one is built on a semaphore because
+that costs ~0.1 us uncontended.
 
 Threads of one process share its client entry, so they pass a per-process
-gate (a threading.Lock) before the semaphore.
+gate (a threading.Lock) before the semaphore; the gate's holder waits at most
+`timeout` on the semaphore, which bounds the gate too.
 """
 
 from __future__ import annotations
@@ -222,18 +223,14 @@ class RobustLock:
         """Take the pool lock (gate, then semaphore); LockTimeout after `timeout` s."""
         if not self.gate.acquire(False):
             self._wait_gate()
-        ct = self.ct
-        ct[self.state_word] = L.CLIENT_WANTS
+        self.ct[self.state_word] = L.CLIENT_WANTS
         try:
             self.sem.acquire(0)
         except _BusyError:
             self._wait()
         if _fault.ACTIVE:
             _fault.hit("lock.acquired")
-        ct[self.state_word] = L.CLIENT_HOLDS
         self.header[L.HDR_LOCK_ACQUISITIONS] += 1
-        if _fault.ACTIVE:
-            _fault.hit("lock.held")
 
     def release(self) -> None:
         self.sem.release()
@@ -336,24 +333,16 @@ class RobustLock:
         # this read wrote WANTS first, so the table read sees it.
         if self.sem.value:
             return False
-        epoch = header[L.HDR_LOCK_ACQUISITIONS]
-        clients = [c for c in read_clients(ct) if c.entry != me]
-        if any(c.state == "holds" and c.alive for c in clients):
-            return False
-        dead = [c for c in clients if c.state in ("wants", "holds") and not c.alive]
+        epoch = L.epoch(header)
+        clients = [c for c in read_clients(ct) if c.entry != me and c.state == "wants"]
+        dead = [c for c in clients if not c.alive]
         if not dead:
             return False
-        wanting = {c.entry: ct[L.client_word(c.entry, L.CLIENT_ATTEMPTS)] for c in clients
-                   if c.state == "wants" and c.alive}
-        time.sleep(CONFIRM_WAIT)
-        if self.sem.value or header[L.HDR_LOCK_ACQUISITIONS] != epoch:
+        if self._unproven_waiters({c.entry for c in clients if c.alive}):
             return False
-        for entry, attempts in wanting.items():
-            still_wants = ct[L.client_word(entry, L.CLIENT_STATE)] == L.CLIENT_WANTS
-            if still_wants and ct[L.client_word(entry, L.CLIENT_ATTEMPTS)] == attempts:
-                return False  # maybe holding, not yet recorded; never rob it
+        if self.sem.value or L.epoch(header) != epoch:
+            return False
         # The semaphore the dead process took is ours now.
-        ct[self.state_word] = L.CLIENT_HOLDS
         header[L.HDR_LOCK_ACQUISITIONS] += 1
         for c in dead:
             ct[L.client_word(c.entry, L.CLIENT_STATE)] = L.CLIENT_FREE
@@ -362,9 +351,21 @@ class RobustLock:
         header[L.HDR_RECOVERIES] += 1
         return True
 
+    def _unproven_waiters(self, entries: set[int]) -> set[int]:
+        """Of these live WANTS entries, those that did not bump ATTEMPTS over a wait
+        longer than any slice: each may be holding the semaphore."""
+        ct = self.ct
+        before = {e: ct[L.client_word(e, L.CLIENT_ATTEMPTS)] for e in entries}
+        time.sleep(CONFIRM_WAIT)
+        return {e for e, attempts in before.items()
+                if ct[L.client_word(e, L.CLIENT_STATE)] == L.CLIENT_WANTS
+                and ct[L.client_word(e, L.CLIENT_ATTEMPTS)] == attempts}
+
     def describe_holder(self) -> str:
-        clients = read_clients(self.ct)
-        holders = [c for c in clients if c.state == "holds"] or [c for c in clients if c.state == "wants"]
+        """Who holds the lock, as far as the client table tells (for LockTimeout)."""
+        wanting = {c.entry: c for c in read_clients(self.ct) if c.state == "wants" and c.entry != self.entry}
+        holders = [wanting[e] for e in self._unproven_waiters({e for e, c in wanting.items() if c.alive})]
+        holders += [c for c in wanting.values() if not c.alive]
         if not holders:
             return "no holder is recorded"
         return "held by " + ", ".join(f"pid {c.pid} ({'alive' if c.alive else 'dead'})" for c in holders)

@@ -14,7 +14,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from ._redis_errors import EXTRA_HINT, RedisNotInstalled, RedisUnavailable
+from ._redis_errors import EXTRA_HINT, RedisNotInstalled, RedisUnavailable, ScriptError
 from ._redis_scripts import Script
 from .errors import ConfigError, FastallocError
 
@@ -42,16 +42,6 @@ except ImportError:  # the `redis` extra is optional: RedisPool says so when use
 CONNECT_TIMEOUT = 2.0
 SOCKET_TIMEOUT = 5.0
 _PASSWORD_IN_QUERY = re.compile(r"(password=)[^&]*", re.IGNORECASE)
-
-
-class ScriptError(Exception):
-    """A `FASTALLOC <CODE> <args>` reply of a pool script; RedisPool maps it to a public error."""
-
-    def __init__(self, code: str, rest: str) -> None:
-        super().__init__(code, rest)
-        self.code = code
-        self.rest = rest
-        self.fields = rest.split()
 
 
 def require_redis() -> None:

@@ -9,8 +9,8 @@ touch all its keys, while many pools spread over a cluster.
 
 Keys (the tag is written T):
 
-    T:meta      hash  layout, config (msgpack), capacity, slot_size, max_capacity,
-                      growth, growth_value, hwm, counters, next_client
+    T:meta      hash  layout, incarnation, config (msgpack), capacity, slot_size,
+                      max_capacity, growth, growth_value, hwm, counters, next_client
     T:free      list  released slot indices (RPUSH on release, RPOP on allocation)
     T:gen       hash  index -> generation, written on first release (absent = 1)
     T:owner     hash  index -> client id; a slot is allocated iff it has an owner
@@ -19,14 +19,20 @@ Keys (the tag is written T):
     T:clients   set   ids of clients that registered and may own slots
     T:lease:ID  string, expiring after the client's lease_ttl unless refreshed
 
+`incarnation` is a random number written at creation and passed by clients
+as ARGV[1] of every script: a client still attached to a pool that was
+unlinked and created again gets PoolNotFound, instead of handles that happen
+to match slots of the new pool.
+
 Slots are handed out lazily: `hwm` ("high-water mark") is the first index
 never used, so creating or growing a pool writes no per-slot data. Indices
 and generations travel as separate integers because Lua numbers are doubles
 and cannot hold a 64-bit handle; the client packs them.
 
-Errors are returned as `FASTALLOC <CODE> <args...>` error replies, which the
-client turns into the library's exceptions. Scripts return them at the top
-level (never raise them) because only Redis 7 keeps a raised error's text.
+Errors come back as `FASTALLOC <CODE> <args...>` error replies, which the
+client turns into the library's exceptions; a script that refuses changes
+nothing but counters (and, asking for a custom growth amount, the growth it
+already applied). Needs Redis >= 7.0 (script flags, RPOP with a count).
 """
 
 from __future__ import annotations
@@ -34,12 +40,15 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 
+from .handle import INDEX_MASK, MAX_GENERATION
+
 LAYOUT = "fastalloc-redis/1"
 TAG_PREFIX = "{fastalloc."
 META_SUFFIX = "}:meta"
 # The SCAN pattern of every pool's meta key (braces are literal in Redis globs).
 META_PATTERN = TAG_PREFIX + "*" + META_SUFFIX
-BASE_KEY_COUNT = 7
+# Slot indices are unsigned 32-bit (see handle.py): a pool holds at most 2**32 slots.
+INDEX_LIMIT = INDEX_MASK + 1
 
 
 def pool_keys(name: str) -> list[str]:
@@ -72,11 +81,14 @@ class Script:
         object.__setattr__(self, "sha", hashlib.sha1(self.source.encode()).hexdigest())
 
 
-_PRELUDE = """
+# The "#!lua" line (Redis >= 7.0) makes Redis refuse a script up front when it is
+# out of memory, instead of failing at a write halfway through the script.
+_PRELUDE = """#!lua
 local META, FREE, GEN, OWNER, DATA, OWNED, CLIENTS = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
-local LAYOUT = '%(layout)s'
-local MAX_GENERATION = 4294967295
-local INDEX_LIMIT = 4294967296
+local LAYOUT = '@LAYOUT@'
+local INCARNATION = ARGV[1]
+local MAX_GENERATION = @MAX_GENERATION@
+local INDEX_LIMIT = @INDEX_LIMIT@
 -- Values per multi-argument command: Lua's unpack() fails near 8000.
 local CHUNK = 1000
 
@@ -86,11 +98,12 @@ local function fail(code, ...)
   return redis.error_reply(table.concat(parts, ' '))
 end
 
--- nil when the meta hash read `layout` of this library, else the error to return
-local function not_a_pool(layout)
-  if layout == LAYOUT then return nil end
+-- nil when the meta hash read is this client's pool, else the error to return
+local function not_a_pool(layout, incarnation)
   if not layout then return fail('NOPOOL') end
-  return fail('LAYOUT', layout)
+  if layout ~= LAYOUT then return fail('LAYOUT', layout) end
+  if incarnation ~= INCARNATION then return fail('GONE') end
+  return nil
 end
 
 -- Run cmd on key with `args` split into calls of `step` arguments; the replies joined.
@@ -110,7 +123,8 @@ local function next_generation(g)
   return 1
 end
 
--- Free `idx` (validated, allocated) whose current generations are `gens`.
+-- Free `idx` (validated, allocated) whose current generations are `gens`;
+-- the caller updates the counters in META.
 local function free_slots(idx, gens)
   local gen_args = {}
   for k = 1, #idx do
@@ -119,23 +133,24 @@ local function free_slots(idx, gens)
   batched('HSET', GEN, gen_args, 2 * CHUNK)
   batched('HDEL', OWNER, idx, CHUNK)
   batched('RPUSH', FREE, idx, CHUNK)
-  redis.call('HINCRBY', META, 'in_use', -#idx)
-  redis.call('HINCRBY', META, 'total_deallocations', #idx)
 end
 
 -- nil when (i, g) names an allocated slot of this pool, else the error to return
 local function check_handle(i, g)
-  local m = redis.call('HMGET', META, 'layout', 'capacity')
-  local bad = not_a_pool(m[1])
+  local m = redis.call('HMGET', META, 'layout', 'incarnation', 'capacity')
+  local bad = not_a_pool(m[1], m[2])
   if bad then return bad end
-  if tonumber(i) >= tonumber(m[2]) then return fail('INVALID', i, g, m[2]) end
+  if tonumber(i) >= tonumber(m[3]) then return fail('INVALID', i, g, m[3]) end
   local cur = tonumber(redis.call('HGET', GEN, i)) or 1
   if cur ~= tonumber(g) or redis.call('HEXISTS', OWNER, i) == 0 then return fail('STALE', i, g, cur) end
   return nil
 end
-""" % {"layout": LAYOUT}
+""".replace("@LAYOUT@", LAYOUT).replace("@MAX_GENERATION@", str(MAX_GENERATION)).replace(
+    "@INDEX_LIMIT@", str(INDEX_LIMIT)
+)
 
-# ARGV: config (msgpack), capacity, slot_size, max_capacity (-1: none), growth kind, growth value.
+# ARGV: new incarnation, config (msgpack), capacity, slot_size, max_capacity (-1: none), growth kind,
+# growth value.
 CREATE = Script("create", _PRELUDE + """
 local kind = redis.call('TYPE', META)['ok']
 if kind ~= 'none' then
@@ -148,60 +163,64 @@ end
 for _, key in ipairs({FREE, GEN, OWNER, DATA, OWNED, CLIENTS}) do
   if redis.call('EXISTS', key) == 1 then return fail('FOREIGN', key, redis.call('TYPE', key)['ok']) end
 end
-redis.call('HSET', META, 'layout', LAYOUT, 'config', ARGV[1], 'capacity', ARGV[2], 'slot_size', ARGV[3],
-  'max_capacity', ARGV[4], 'growth', ARGV[5], 'growth_value', ARGV[6], 'hwm', 0, 'in_use', 0, 'peak', 0,
+redis.call('HSET', META, 'layout', LAYOUT, 'incarnation', INCARNATION, 'config', ARGV[2], 'capacity', ARGV[3],
+  'slot_size', ARGV[4], 'max_capacity', ARGV[5], 'growth', ARGV[6], 'growth_value', ARGV[7], 'hwm', 0,
+  'in_use', 0, 'peak', 0,
   'total_allocations', 0, 'total_deallocations', 0, 'allocation_failures', 0, 'growth_count', 0,
   'recoveries', 0, 'next_client', 0)
 return 'CREATED'
 """)
 
-# Returns the pool's config record (msgpack).
+# ARGV[1] is unused. Returns {incarnation, config record (msgpack)}.
 DESCRIBE = Script("describe", _PRELUDE + """
 local kind = redis.call('TYPE', META)['ok']
 if kind == 'none' then return fail('NOPOOL') end
 if kind ~= 'hash' then return fail('FOREIGN', META, kind) end
-local m = redis.call('HMGET', META, 'layout', 'config')
+local m = redis.call('HMGET', META, 'layout', 'incarnation', 'config')
 if not m[1] then return fail('FOREIGN', META, 'hash') end
-local bad = not_a_pool(m[1])
-if bad then return bad end
-return m[2]
+if m[1] ~= LAYOUT then return fail('LAYOUT', m[1]) end
+return {m[2], m[3]}
 """)
 
 # Returns a new client id.
 NEW_CLIENT = Script("new_client", _PRELUDE + """
-local bad = not_a_pool(redis.call('HGET', META, 'layout'))
+local m = redis.call('HMGET', META, 'layout', 'incarnation')
+local bad = not_a_pool(m[1], m[2])
 if bad then return bad end
 return redis.call('HINCRBY', META, 'next_client', 1)
 """)
 
-# KEYS[8]: the client's lease. ARGV: client id, lease ttl in ms. Returns 0 once the pool is gone.
+# KEYS[8]: the client's lease. ARGV[2...]: client id, lease ttl in ms. Returns 0 once the pool is gone.
 TOUCH = Script("touch", _PRELUDE + """
-if redis.call('HGET', META, 'layout') ~= LAYOUT then return 0 end
-redis.call('SET', KEYS[8], 1, 'PX', ARGV[2])
-redis.call('SADD', CLIENTS, ARGV[1])
+local m = redis.call('HMGET', META, 'layout', 'incarnation')
+if not_a_pool(m[1], m[2]) then return 0 end
+redis.call('SET', KEYS[8], 1, 'PX', ARGV[3])
+redis.call('SADD', CLIENTS, ARGV[2])
 return 1
 """)
 
-# KEYS[8]: the client's lease. ARGV: client id. A client that owns slots stays
+# KEYS[8]: the client's lease. ARGV[2]: client id. A client that owns slots stays
 # registered so that recover() finds them once its lease is gone.
 GOODBYE = Script("goodbye", _PRELUDE + """
+local m = redis.call('HMGET', META, 'layout', 'incarnation')
+if not_a_pool(m[1], m[2]) then return 0 end
 redis.call('DEL', KEYS[8])
-if redis.call('HEXISTS', OWNED, ARGV[1]) == 0 then redis.call('SREM', CLIENTS, ARGV[1]) end
+if redis.call('HEXISTS', OWNED, ARGV[2]) == 0 then redis.call('SREM', CLIENTS, ARGV[2]) end
 return 1
 """)
 
-# ARGV: client id, count n, capacity the custom growth amount was computed from
+# ARGV[2...]: client id, count n, capacity the custom growth amount was computed from
 # (-1: none), that amount, then n payloads (none: acquire, which returns the
 # slots' previous payloads instead of writing new ones).
 # Returns {capacity, index1, generation1, ...[, previous payloads...]}.
 ALLOCATE = Script("allocate", _PRELUDE + """
-local client, n = ARGV[1], tonumber(ARGV[2])
-local grow_from, grow_by = tonumber(ARGV[3]), tonumber(ARGV[4])
-local m = redis.call('HMGET', META, 'layout', 'capacity', 'hwm', 'max_capacity', 'growth', 'growth_value',
-  'in_use', 'peak')
-local bad = not_a_pool(m[1])
+local client, n = ARGV[2], tonumber(ARGV[3])
+local grow_from, grow_by = tonumber(ARGV[4]), tonumber(ARGV[5])
+local m = redis.call('HMGET', META, 'layout', 'incarnation', 'capacity', 'hwm', 'max_capacity', 'growth',
+  'growth_value', 'in_use', 'peak', 'total_allocations')
+local bad = not_a_pool(m[1], m[2])
 if bad then return bad end
-local cap, hwm, limit = tonumber(m[2]), tonumber(m[3]), tonumber(m[4])
+local cap, hwm, limit = tonumber(m[3]), tonumber(m[4]), tonumber(m[5])
 if limit < 0 or limit > INDEX_LIMIT then limit = INDEX_LIMIT end
 local free = redis.call('LLEN', FREE)
 local short = n - free - (cap - hwm)
@@ -209,9 +228,9 @@ if short > 0 then
   -- Grow only when the whole request fits at max_capacity: a refused batch changes nothing.
   if limit - cap < short then
     redis.call('HINCRBY', META, 'allocation_failures', n)
-    return fail('EXHAUSTED', cap, m[7], n, limit)
+    return fail('EXHAUSTED', cap, m[8], n, limit)
   end
-  local kind, value, grown, need_amount = m[5], tonumber(m[6]), 0, false
+  local kind, value, grown, need_amount = m[6], tonumber(m[7]), 0, false
   while short > 0 do
     local add = 0
     if kind == 'linear' then
@@ -237,7 +256,7 @@ if short > 0 then
   if need_amount then return fail('GROW', cap) end
   if short > 0 then
     redis.call('HINCRBY', META, 'allocation_failures', n)
-    return fail('EXHAUSTED', cap, m[7], n, limit)
+    return fail('EXHAUSTED', cap, m[8], n, limit)
   end
 end
 local idx = {}
@@ -254,61 +273,62 @@ for k = 1, n do
 end
 batched('HSET', OWNER, owner_args, 2 * CHUNK)
 redis.call('HINCRBY', OWNED, client, n)
-if #ARGV > 4 then
+if #ARGV > 5 then
   local data_args = {}
-  for k = 1, n do data_args[2 * k - 1], data_args[2 * k] = idx[k], ARGV[4 + k] end
+  for k = 1, n do data_args[2 * k - 1], data_args[2 * k] = idx[k], ARGV[5 + k] end
   batched('HSET', DATA, data_args, 2 * CHUNK)
 else
   local previous = batched('HMGET', DATA, idx, CHUNK)
   for k = 1, n do reply[#reply + 1] = previous[k] end
 end
-local in_use = tonumber(m[7]) + n
-redis.call('HSET', META, 'hwm', hwm, 'in_use', in_use, 'peak', math.max(tonumber(m[8]), in_use))
-redis.call('HINCRBY', META, 'total_allocations', n)
+local in_use = tonumber(m[8]) + n
+redis.call('HSET', META, 'hwm', hwm, 'in_use', in_use, 'peak', math.max(tonumber(m[9]), in_use),
+  'total_allocations', tonumber(m[10]) + n)
 return reply
 """)
 
-# ARGV: index1, generation1, index2, generation2, ... All are checked before
+# ARGV[2...]: index1, generation1, index2, generation2, ... All are checked before
 # any is freed: one bad handle releases nothing. Returns the count released.
 RELEASE = Script("release", _PRELUDE + """
-local m = redis.call('HMGET', META, 'layout', 'capacity')
-local bad = not_a_pool(m[1])
+local m = redis.call('HMGET', META, 'layout', 'incarnation', 'capacity', 'in_use', 'total_deallocations')
+local bad = not_a_pool(m[1], m[2])
 if bad then return bad end
-local cap, n, idx = tonumber(m[2]), #ARGV / 2, {}
+local cap, n, idx = tonumber(m[3]), (#ARGV - 1) / 2, {}
 for k = 1, n do
-  idx[k] = ARGV[2 * k - 1]
-  if tonumber(idx[k]) >= cap then return fail('INVALID', idx[k], ARGV[2 * k], cap) end
+  idx[k] = ARGV[2 * k]
+  if tonumber(idx[k]) >= cap then return fail('INVALID', idx[k], ARGV[2 * k + 1], cap) end
 end
 local gens = batched('HMGET', GEN, idx, CHUNK)
 local owners = batched('HMGET', OWNER, idx, CHUNK)
 local seen, per_owner = {}, {}
 for k = 1, n do
-  local i, g, cur = idx[k], tonumber(ARGV[2 * k]), tonumber(gens[k]) or 1
+  local i, g, cur = idx[k], tonumber(ARGV[2 * k + 1]), tonumber(gens[k]) or 1
   if g ~= cur or not owners[k] or seen[i] then return fail('STALE', i, g, cur) end
   seen[i] = true
   per_owner[owners[k]] = (per_owner[owners[k]] or 0) + 1
 end
 free_slots(idx, gens)
+redis.call('HSET', META, 'in_use', tonumber(m[4]) - n, 'total_deallocations', tonumber(m[5]) + n)
 for owner, count in pairs(per_owner) do
   if redis.call('HINCRBY', OWNED, owner, -count) <= 0 then redis.call('HDEL', OWNED, owner) end
 end
 return n
 """)
 
-# ARGV: index, generation. Returns the payload.
+# ARGV[2...]: index, generation. Returns the payload.
 GET = Script("get", _PRELUDE + """
-local bad = check_handle(ARGV[1], ARGV[2])
+local bad = check_handle(ARGV[2], ARGV[3])
 if bad then return bad end
-local payload = redis.call('HGET', DATA, ARGV[1])
-if not payload then return fail('EMPTY', ARGV[1]) end
+local payload = redis.call('HGET', DATA, ARGV[2])
+if not payload then return fail('EMPTY', ARGV[2]) end
 return payload
 """)
 
-# ARGV: index, generation, payload.
+# ARGV[2...]: index, generation, payload.
 SET = Script("set", _PRELUDE + """
-local bad = check_handle(ARGV[1], ARGV[2])
+local bad = check_handle(ARGV[2], ARGV[3])
 if bad then return bad end
-redis.call('HSET', DATA, ARGV[1], ARGV[3])
+redis.call('HSET', DATA, ARGV[2], ARGV[4])
 return 1
 """)
 
@@ -319,31 +339,32 @@ STATISTICS_FIELDS = (
 
 # Returns the counters named by STATISTICS_FIELDS, in that order.
 STATISTICS = Script("statistics", _PRELUDE + """
-local m = redis.call('HMGET', META, 'layout', %s)
-local bad = not_a_pool(m[1])
+local m = redis.call('HMGET', META, 'layout', 'incarnation', @FIELDS@)
+local bad = not_a_pool(m[1], m[2])
 if bad then return bad end
 local out = {}
-for k = 2, #m do out[k - 1] = tonumber(m[k]) or 0 end
+for k = 3, #m do out[k - 2] = tonumber(m[k]) or 0 end
 return out
-""" % ", ".join(f"'{f}'" for f in STATISTICS_FIELDS))
+""".replace("@FIELDS@", ", ".join(f"'{f}'" for f in STATISTICS_FIELDS)))
 
 RESET_STATISTICS = Script("reset_statistics", _PRELUDE + """
-local m = redis.call('HMGET', META, 'layout', 'in_use')
-local bad = not_a_pool(m[1])
+local m = redis.call('HMGET', META, 'layout', 'incarnation', 'in_use')
+local bad = not_a_pool(m[1], m[2])
 if bad then return bad end
-redis.call('HSET', META, 'peak', m[2], 'total_allocations', 0, 'total_deallocations', 0,
+redis.call('HSET', META, 'peak', m[3], 'total_allocations', 0, 'total_deallocations', 0,
   'allocation_failures', 0, 'growth_count', 0, 'recoveries', 0)
 return 1
 """)
 
-# KEYS[8...]: the leases of the clients in ARGV[2...]. ARGV[1]: 'keep' or 'reclaim'.
+# ARGV[2]: 'keep' or 'reclaim'. KEYS[8...]: the leases of the clients in ARGV[3...].
 # Returns {orphans kept, orphans reclaimed, dead client ids...}.
 RECOVER = Script("recover", _PRELUDE + """
-local bad = not_a_pool(redis.call('HGET', META, 'layout'))
+local m = redis.call('HMGET', META, 'layout', 'incarnation')
+local bad = not_a_pool(m[1], m[2])
 if bad then return bad end
-local reclaim, dead, is_dead = ARGV[1] == 'reclaim', {}, {}
-for k = 2, #ARGV do
-  if redis.call('EXISTS', KEYS[6 + k]) == 0 then
+local reclaim, dead, is_dead = ARGV[2] == 'reclaim', {}, {}
+for k = 3, #ARGV do
+  if redis.call('EXISTS', KEYS[5 + k]) == 0 then
     dead[#dead + 1] = ARGV[k]
     is_dead[ARGV[k]] = true
   end
@@ -362,6 +383,8 @@ if reclaim and #dead > 0 then
   end
   if #idx > 0 then
     free_slots(idx, batched('HMGET', GEN, idx, CHUNK))
+    redis.call('HINCRBY', META, 'in_use', -#idx)
+    redis.call('HINCRBY', META, 'total_deallocations', #idx)
     redis.call('HINCRBY', META, 'recoveries', 1)
   end
   for _, c in ipairs(dead) do redis.call('HDEL', OWNED, c) end
@@ -372,15 +395,16 @@ for _, c in ipairs(dead) do reply[#reply + 1] = c end
 return reply
 """)
 
-# KEYS[8...]: the leases of registered clients. Returns 1 if the pool existed.
+# KEYS[8...]: the leases of registered clients. ARGV[1]: the incarnation to delete, or ''
+# for whichever exists. Returns 1 if the pool was deleted.
 UNLINK = Script("unlink", _PRELUDE + """
 local kind = redis.call('TYPE', META)['ok']
 if kind == 'none' then return 0 end
 if kind ~= 'hash' then return fail('FOREIGN', META, kind) end
-local layout = redis.call('HGET', META, 'layout')
-if not layout then return fail('FOREIGN', META, 'hash') end
-local bad = not_a_pool(layout)
-if bad then return bad end
+local m = redis.call('HMGET', META, 'layout', 'incarnation')
+if not m[1] then return fail('FOREIGN', META, 'hash') end
+if m[1] ~= LAYOUT then return fail('LAYOUT', m[1]) end
+if INCARNATION ~= '' and m[2] ~= INCARNATION then return 0 end
 for first = 1, #KEYS, CHUNK do
   redis.call('DEL', unpack(KEYS, first, math.min(first + CHUNK - 1, #KEYS)))
 end

@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 
 import msgpack
 
-from . import _callables, _codec, _fault, _names
+from . import _callables, _codec, _fastpath, _fault, _names
 from . import _layout as L
 from . import _segment as seg
 from ._extent import Extent
@@ -45,13 +45,14 @@ from .errors import (
     StaleHandle,
     ValueTooLarge,
 )
-from .handle import MAX_GENERATION
 from .recovery import OwnerLiveness, Tally, rebuild_extent
 from .report import RecoveryReport
 from .stats import PoolStatistics
 
 _MASK = 0xFFFFFFFF
 _unpackb = msgpack.unpackb
+_FAULTS = _fault.ACTIVE
+_UNREADABLE, _GENERATION_MASK = L.UNREADABLE, L.GENERATION_MASK
 # How long attach waits for a concurrent creator to finish.
 READY_TIMEOUT = 5.0
 # Bounded retries of a lock-free get() racing a set() on the same slot.
@@ -242,6 +243,7 @@ class SharedPool:
         self._lock.register()
         self._set_pid(os.getpid())
         self._closed = False
+        self._bind_fast_path()
         _open_pools.add(self)
 
     def _set_pid(self, pid: int) -> None:
@@ -249,12 +251,16 @@ class SharedPool:
         self._writing_tag = L.WRITING_TAG | pid
         self._allocated_tag = L.ALLOCATED_TAG | pid
 
+    def _bind_fast_path(self) -> None:
+        _fastpath.bind(self)
+
     def _after_fork_in_child(self) -> None:
         if self._closed:
             return
         self._set_pid(os.getpid())
         self._creator = False  # the child never unlinks on context exit
         self._lock.after_fork_in_child()
+        self._bind_fast_path()
 
     def _map_new_extents(self) -> None:
         """Map extents other processes added since we last looked (lazily, on demand)."""
@@ -302,7 +308,7 @@ class SharedPool:
     def __len__(self) -> int:
         """Slots in use now."""
         q = self._q
-        return q[L.HDR_ALLOCATIONS] - q[L.HDR_DEALLOCATIONS]
+        return L.in_use(q)
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"capacity={self.capacity}, slot_size={self._slot_size}"
@@ -310,63 +316,18 @@ class SharedPool:
 
     # -- the hot path -----------------------------------------------------------
 
+    # While a pool is open, _fastpath's closures stand in for allocate, get and
+    # release; they handle extent 0 and call these general methods for the rest.
+
     def allocate(self, value: Any) -> int:
         """Store `value` in a free slot and return its handle.
 
         >>> h = pool.allocate({"id": 1})  # doctest: +SKIP
         """
-        try:
-            data = self._pack(value)
-        except Exception as exc:
-            raise _codec.pack_error(value, exc) from None
-        n = len(data)
-        if n > self._slot_size:
-            raise self._too_large(n)
-        lock = self._lock
-        lock.acquire()
-        e = self._e0
-        u = e.u
-        top = u[e.top_w]
-        if top:
-            top -= 1
-            local = u[e.fl_w + top]
-            m = e.meta_w + (local << 2)
-            u[m + 1] = self._writing_tag
-            if _fault.ACTIVE:
-                _fault.hit("alloc.marked")
-            u[e.top_w] = top
-        else:
-            local = u[e.fresh_w]
-            if local < e.cap:
-                m = e.meta_w + (local << 2)
-                u[m] = 1
-                u[m + 1] = self._writing_tag
-                if _fault.ACTIVE:
-                    _fault.hit("alloc.marked")
-                u[e.fresh_w] = local + 1
-            else:
-                e, local = self._take_elsewhere_locked()  # releases the lock on failure
-                u = e.u
-                m = e.meta_w + (local << 2)
-        q = self._q
-        allocations = q[L.HDR_ALLOCATIONS] + 1
-        q[L.HDR_ALLOCATIONS] = allocations
-        if allocations - q[L.HDR_DEALLOCATIONS] > q[L.HDR_PEAK]:
-            q[L.HDR_PEAK] = allocations - q[L.HDR_DEALLOCATIONS]
-        if _fault.ACTIVE:
-            _fault.hit("alloc.popped")
-        lock.release()
-        seq = u[m + 3] | 1
-        u[m + 3] = seq
-        off = e.data + local * e.stride
-        if _fault.ACTIVE:
-            e.mm[off:off + n // 2] = data[: n // 2]
-            _fault.hit("alloc.writing")
-        e.mm[off:off + n] = data
-        u[m + 2] = n
-        u[m + 3] = (seq + 1) & _MASK
-        u[m + 1] = self._allocated_tag
-        return (u[m] << 32) | (e.base + local)
+        self._check_open()
+        data = self._pack_checked(value)
+        (e, local), = self._take_many(1, self._writing_tag)
+        return self._write_new(e, local, data)
 
     def try_allocate(self, value: Any) -> int | None:
         """Like allocate(), but None instead of PoolExhausted."""
@@ -377,24 +338,8 @@ class SharedPool:
 
     def get(self, handle: int) -> Any:
         """The value stored under `handle` (a fresh Python object)."""
-        try:
-            index = handle & _MASK
-            e = self._e0
-            if index < e.cap:
-                u = e.u
-                m = e.meta_w + (index << 2)
-                seq = u[m + 3]
-                if u[m] == handle >> 32 and u[m + 1] >> 24 == 1 and not seq & 1:
-                    n = u[m + 2]
-                    off = e.data + index * e.stride
-                    raw = e.mm[off:off + n]
-                    if u[m + 3] == seq and n <= self._slot_size:
-                        return _unpackb(raw, raw=False, strict_map_key=False)
-        except TypeError:
-            raise self._bad_handle(handle) from None
-        except ValueError as exc:
-            raise _codec.unpack_error(handle, exc) from None
-        return self._get_slow(handle)
+        self._check_open()
+        return self._read(handle)
 
     def set(self, handle: int, value: Any) -> None:
         """Replace the value under `handle` in place (readers see old or new, never a mix)."""
@@ -411,45 +356,33 @@ class SharedPool:
         lock = self._lock
         lock.acquire()
         try:
-            word = u[m + 1] >> 24
-            if u[m] != handle >> 32 or (word != L.ALLOCATED and word != L.TORN):
+            state = _live_state(u, m, handle >> 32)
+            if state < 0:
                 raise self._bad_handle(handle)
             seq = u[m + 3] | 1
             u[m + 3] = seq
             off = e.data + local * e.stride
-            if _fault.ACTIVE:
+            if _FAULTS:
                 e.mm[off:off + n // 2] = data[: n // 2]
                 _fault.hit("set.writing")
             e.mm[off:off + n] = data
             u[m + 2] = n
             u[m + 3] = (seq + 1) & _MASK
-            if word == L.TORN:
+            if state == L.TORN:
+                u[m] = handle >> 32
                 u[m + 1] = L.ALLOCATED_TAG | (u[m + 1] & L.OWNER_MASK)
         finally:
             lock.release()
 
     def release(self, handle: int) -> None:
         """Give the slot back; `handle` is stale from now on."""
+        self._check_open()
         e, local = self._locate(handle)
-        u = e.u
-        m = e.meta_w + (local << 2)
-        generation = handle >> 32
-        lock = self._lock
-        lock.acquire()
-        word = u[m + 1] >> 24
-        if u[m] != generation or (word != L.ALLOCATED and word != L.TORN):
-            lock.release()
-            raise self._bad_handle(handle)
-        u[m] = generation + 1 if generation < MAX_GENERATION else 1
-        u[m + 1] = 0
-        if _fault.ACTIVE:
-            _fault.hit("release.freed")
-        top = u[e.top_w]
-        u[e.fl_w + top] = local
-        u[e.top_w] = top + 1
-        q = self._q
-        q[L.HDR_DEALLOCATIONS] += 1
-        lock.release()
+        with self._lock:
+            if _live_state(e.u, e.meta_w + (local << 2), handle >> 32) < 0:
+                raise self._bad_handle(handle)
+            self._free_locked(e, local, handle >> 32)
+            self._q[L.HDR_DEALLOCATIONS] += 1
 
     # -- batches ------------------------------------------------------------------
 
@@ -473,10 +406,7 @@ class SharedPool:
         with self._lock:
             seen = set()
             for handle, e, local in located:
-                u, m = e.u, e.meta_w + (local << 2)
-                word = u[m + 1] >> 24
-                if (u[m] != handle >> 32 or (word != L.ALLOCATED and word != L.TORN)
-                        or (e.number, local) in seen):
+                if _live_state(e.u, e.meta_w + (local << 2), handle >> 32) < 0 or (e.number, local) in seen:
                     raise self._bad_handle(handle)
                 seen.add((e.number, local))
             for handle, e, local in located:
@@ -533,14 +463,13 @@ class SharedPool:
     def _write_new(self, e: Extent, local: int, data: bytes) -> int:
         """Write a value into a slot this process just took, then publish it as allocated."""
         u, m = e.u, e.meta_w + (local << 2)
-        seq = u[m + 3] | 1
-        u[m + 3] = seq
         off = e.data + local * e.stride
         e.mm[off:off + len(data)] = data
         u[m + 2] = len(data)
-        u[m + 3] = (seq + 1) & _MASK
+        generation = u[m] & _GENERATION_MASK
+        u[m] = generation  # published
         u[m + 1] = self._allocated_tag
-        return (u[m] << 32) | (e.base + local)
+        return generation << 32 | (e.base + local)
 
     def _take_many(self, count: int, tag: int, minimum: int | None = None, counts_as_allocation: bool = True,
                    also_locked: Callable[[], None] | None = None) -> list[tuple[Extent, int]]:
@@ -563,14 +492,11 @@ class SharedPool:
                     if local < 0:
                         break
                     taken.append((e, local))
-                    if _fault.ACTIVE:
+                    if _FAULTS:
                         _fault.hit("batch.taking")
             if counts_as_allocation:
-                q = self._q
-                q[L.HDR_ALLOCATIONS] += len(taken)
-                used = q[L.HDR_ALLOCATIONS] - q[L.HDR_DEALLOCATIONS]
-                if used > q[L.HDR_PEAK]:
-                    q[L.HDR_PEAK] = used
+                self._q[L.HDR_ALLOCATIONS] += len(taken)
+                self._raise_peak_locked()
             if also_locked is not None:
                 also_locked()
         return taken
@@ -588,14 +514,16 @@ class SharedPool:
         if local >= e.cap:
             return -1
         m = e.meta_w + (local << 2)
-        u[m] = 1
+        u[m] = 1 | _UNREADABLE
         u[m + 1] = tag
+        if _FAULTS:
+            _fault.hit("alloc.marked")
         u[e.fresh_w] = local + 1
         return local
 
     def _free_locked(self, e: Extent, local: int, generation: int) -> None:
         u, m = e.u, e.meta_w + (local << 2)
-        u[m] = generation + 1 if generation < MAX_GENERATION else 1
+        u[m] = L.next_generation(generation) | _UNREADABLE
         u[m + 1] = 0
         top = u[e.top_w]
         u[e.fl_w + top] = local
@@ -630,18 +558,11 @@ class SharedPool:
         q[L.HDR_FREE_HINT] = len(self._extents) - 1
         return add_extent_locked(self) if self._grows else None
 
-    def _take_elsewhere_locked(self) -> tuple[Extent, int]:
-        """allocate()'s slow path, lock held: another extent, growth, or PoolExhausted (lock released)."""
-        try:
-            e = self._extent_with_room_locked()
-        except BaseException:
-            self._lock.release()
-            raise
-        if e is None:
-            self._q[L.HDR_FAILURES] += 1
-            self._lock.release()
-            raise self._exhausted(1)
-        return e, self._pop_locked(e, self._writing_tag)
+    def _raise_peak_locked(self) -> None:
+        q = self._q
+        used = L.in_use(q)
+        if used > q[L.HDR_PEAK]:
+            q[L.HDR_PEAK] = used
 
     def _locate(self, handle: int) -> tuple[Extent, int]:
         """The extent and local index of a handle's slot; InvalidHandle if it has none."""
@@ -650,7 +571,7 @@ class SharedPool:
             generation = handle >> 32
         except TypeError:
             raise self._bad_handle(handle) from None
-        if not 0 < generation <= MAX_GENERATION or type(handle) is not int:
+        if not 0 < generation <= L.MAX_SLOT_GENERATION or type(handle) is not int:
             raise self._bad_handle(handle)
         e = self._e0
         if index < e.cap:
@@ -662,14 +583,19 @@ class SharedPool:
             raise self._bad_handle(handle)
         return e, index - e.base
 
-    def _get_slow(self, handle: int) -> Any:
+    def _check_open(self) -> None:
+        if self._closed:
+            raise FastallocError(f"pool {self._name!r} is closed in this process; attach it again")
+
+    def _read(self, handle: int) -> Any:
+        """get() for any slot: retries while a set() is under way, names torn values."""
         e, local = self._locate(handle)
         u, m = e.u, e.meta_w + (local << 2)
         generation = handle >> 32
         for attempt in range(READ_RETRIES):
             seq = u[m + 3]
-            state = u[m + 1] >> 24
-            if u[m] != generation or state not in (L.ALLOCATED, L.TORN):
+            state = _live_state(u, m, generation)
+            if state < 0:
                 raise self._bad_handle(handle)
             if state == L.TORN:
                 raise SerializationError(
@@ -713,7 +639,7 @@ class SharedPool:
             off = e.data + local * e.stride
             e.mm[off:off + len(data)] = data
             m = local << 2
-            words[m] = 1
+            words[m] = 1 | _UNREADABLE
             words[m + 2] = len(data)
         words.release()
         meta.release()
@@ -752,7 +678,7 @@ class SharedPool:
         )
 
     def _bad_handle(self, handle: Any) -> FastallocError:
-        if type(handle) is not int or handle <= 0 or not 0 < handle >> 32 <= MAX_GENERATION:
+        if type(handle) is not int or handle <= 0 or not 0 < handle >> 32 <= L.MAX_SLOT_GENERATION:
             return InvalidHandle(f"pool {self._name!r}: {handle!r} is not a handle (an int from allocate())")
         index = handle & _MASK
         if index >= self.capacity:
@@ -767,7 +693,7 @@ class SharedPool:
     def statistics(self) -> PoolStatistics:
         """A snapshot of the pool's shared counters."""
         q = self._q
-        allocations, deallocations = q[L.HDR_ALLOCATIONS], q[L.HDR_DEALLOCATIONS]
+        allocations, deallocations = L.total_allocations(q), L.total_deallocations(q)
         return PoolStatistics(
             capacity=q[L.HDR_CAPACITY],
             current_usage=max(0, allocations - deallocations),
@@ -776,22 +702,23 @@ class SharedPool:
             total_deallocations=deallocations,
             allocation_failures=q[L.HDR_FAILURES],
             growth_count=q[L.HDR_GROWTHS],
-            lock_acquisitions=q[L.HDR_LOCK_ACQUISITIONS],
+            lock_acquisitions=L.epoch(q),
             lock_wait_ns=q[L.HDR_LOCK_WAIT_NS],
             lock_timeouts=q[L.HDR_LOCK_TIMEOUTS],
             recoveries=q[L.HDR_RECOVERIES],
         )
 
     def reset_statistics(self) -> None:
-        """Zero the event counters; usage and capacity stay (peak restarts at current usage)."""
+        """Restart the event counters (allocations and deallocations count on from the
+        slots in use now). Capacity, current usage and the peak describe the pool, not
+        events, and stay."""
         with self._lock:
             q = self._q
-            in_use = q[L.HDR_ALLOCATIONS] - q[L.HDR_DEALLOCATIONS]
-            for word in (L.HDR_FAILURES, L.HDR_GROWTHS, L.HDR_LOCK_WAIT_NS, L.HDR_LOCK_TIMEOUTS, L.HDR_RECOVERIES):
+            in_use = L.in_use(q)
+            for word in (L.HDR_FAILURES, L.HDR_GROWTHS, L.HDR_LOCK_WAIT_NS, L.HDR_LOCK_TIMEOUTS, L.HDR_RECOVERIES,
+                         L.HDR_DEALLOCATIONS, *L.EPOCH_WORDS):
                 q[word] = 0
             q[L.HDR_ALLOCATIONS] = in_use
-            q[L.HDR_DEALLOCATIONS] = 0
-            q[L.HDR_PEAK] = in_use
 
     def clients(self) -> list[ClientInfo]:
         """Processes attached to the pool, from its client table."""
@@ -841,9 +768,10 @@ class SharedPool:
             rebuild_extent(e, alive, reclaim, tally)
         q = self._q
         # Usage is allocations - deallocations; make it match the slots really in use.
-        q[L.HDR_DEALLOCATIONS] = max(0, q[L.HDR_ALLOCATIONS] - tally.in_use)
-        if q[L.HDR_ALLOCATIONS] < tally.in_use:
-            q[L.HDR_ALLOCATIONS] = tally.in_use
+        q[L.HDR_DEALLOCATIONS] = 0
+        q[L.HDR_DEALLOCATIONS] = max(0, L.in_use(q) - tally.in_use)
+        if L.in_use(q) < tally.in_use:
+            q[L.HDR_ALLOCATIONS] += tally.in_use - L.in_use(q)
         q[L.HDR_FREE_HINT] = 0
         return tally
 
@@ -865,22 +793,21 @@ class SharedPool:
         Writes through it bypass msgpack and the torn-read protection; release()
         the view before close()."""
         e, local = self._locate(handle)
-        u, m = e.u, e.meta_w + (local << 2)
-        state = u[m + 1] >> 24
-        if u[m] != handle >> 32 or state not in (L.ALLOCATED, L.TORN):
+        if _live_state(e.u, e.meta_w + (local << 2), handle >> 32) < 0:
             raise self._bad_handle(handle)
         off = e.data + local * e.stride
         return memoryview(e.mm)[off:off + self._slot_size]
 
     def close(self) -> None:
         """Unmap the pool in this process (the pool stays for others)."""
+        _fastpath.unbind(self)
         if not self._closed:
-            self._closed = True
             self._before_close()
+            self._closed = True
             if self._lock is not None:
                 self._lock.unregister()
         _open_pools.discard(self)
-        for e in self._extents[1:]:
+        for e in self._extents:
             e.close()
         self._extents = []
         self._e0 = None
@@ -927,6 +854,16 @@ class SharedPool:
             self.close()
         except Exception:
             pass
+
+
+def _live_state(u: memoryview, m: int, generation: int) -> int:
+    """ALLOCATED or TORN if the slot at meta word `m` holds the value of `generation`, else -1."""
+    stored = u[m]
+    if stored == generation:
+        return L.ALLOCATED
+    if stored == generation | _UNREADABLE and u[m + 1] >> L.STATE_SHIFT == L.TORN:
+        return L.TORN
+    return -1
 
 
 class FixedPool(SharedPool):

@@ -23,7 +23,6 @@ from . import _fault
 from . import _layout as L
 from ._extent import Extent
 from ._liveness import is_alive
-from .handle import next_generation
 
 _NOT_FREE = re.compile(rb"[^\x00]")
 _FREE = re.compile(rb"\x00")
@@ -84,7 +83,7 @@ def rebuild_extent(ext: Extent, alive: OwnerLiveness, reclaim: bool, tally: Tall
 def _repair_slot(u: memoryview, m: int, alive: OwnerLiveness, reclaim: bool, tally: Tally) -> None:
     word = u[m + L.META_WORD]
     state, owner = word >> L.STATE_SHIFT, word & L.OWNER_MASK
-    if u[m + L.META_GEN] == 0 or state not in L.STATE_NAMES:
+    if u[m + L.META_GEN] & L.GENERATION_MASK == 0 or state not in L.STATE_NAMES:
         tally.corrupt_slots += 1
         _free(u, m)
         return
@@ -101,11 +100,19 @@ def _repair_slot(u: memoryview, m: int, alive: OwnerLiveness, reclaim: bool, tal
         if not owner_alive:
             tally.cached_returned += 1
             _free(u, m)
+    elif state == L.ALLOCATED and u[m + L.META_GEN] & L.UNREADABLE:
+        # Only a release under the lock writes this pair (generation bumped,
+        # state not yet free); the lock's holder died there.
+        tally.half_written_freed += 1
+        u[m + L.META_WORD] = L.FREE
     else:  # allocated or torn
+        if state == L.TORN and not u[m + L.META_GEN] & L.UNREADABLE:
+            u[m + L.META_WORD] = L.ALLOCATED_TAG | owner  # set() repaired it, then died
         if u[m + L.META_SEQ] & 1:
             tally.torn_values += 1
             u[m + L.META_SEQ] = (u[m + L.META_SEQ] + 1) & 0xFFFFFFFF
             u[m + L.META_WORD] = L.TORN_TAG | owner
+            u[m + L.META_GEN] |= L.UNREADABLE
         if owner_alive:
             tally.in_use += 1
         elif reclaim:
@@ -117,5 +124,5 @@ def _repair_slot(u: memoryview, m: int, alive: OwnerLiveness, reclaim: bool, tal
 
 
 def _free(u: memoryview, m: int) -> None:
-    u[m + L.META_GEN] = next_generation(u[m + L.META_GEN])
+    u[m + L.META_GEN] = L.next_generation(u[m + L.META_GEN] & L.GENERATION_MASK) | L.UNREADABLE
     u[m + L.META_WORD] = L.FREE

@@ -19,7 +19,7 @@ class RecoveryReport:
     cached_returned: int = 0
     """Slots in dead processes' magazines, returned to the free list."""
     half_written_freed: int = 0
-    """Slots a dead process was writing on allocation, freed."""
+    """Slots a dead process was in the middle of allocating or releasing, freed."""
     torn_values: int = 0
     """Values a dead process was overwriting with set(); marked so get() raises."""
     orphans_kept: int = 0

@@ -6,11 +6,11 @@ import threading
 import weakref
 from typing import Any
 
-from . import _codec
+from . import _fastpath
 from . import _layout as L
 from ._extent import Extent
-from .handle import MAX_GENERATION
-from .pool import SharedPool
+from .config import PoolConfig
+from .pool import SharedPool, _live_state
 
 
 class _Magazine:
@@ -44,11 +44,10 @@ class ThreadLocalPool(SharedPool):
     kind = "threadlocal"
     may_grow = True
 
-    def _open(self, *args: Any, **kwargs: Any) -> None:
+    def _open(self, name: str, segment: Any, sem: Any, cfg: PoolConfig, creating: bool) -> None:
         self._reset_magazines()
-        super()._open(*args, **kwargs)
-        self._batch = self._config.batch_size
-        self._cached_tag = L.CACHED_TAG | self._pid
+        self._batch = cfg.batch_size
+        super()._open(name, segment, sem, cfg, creating)
 
     def _reset_magazines(self) -> None:
         self._local = threading.local()
@@ -81,44 +80,33 @@ class ThreadLocalPool(SharedPool):
         self._magazines.append(magazine)
         return magazine
 
+    def _bind_fast_path(self) -> None:
+        _fastpath.bind_threadlocal(self)
+
     def allocate(self, value: Any) -> int:
-        try:
-            data = self._pack(value)
-        except Exception as exc:
-            raise _codec.pack_error(value, exc) from None
-        n = len(data)
-        if n > self._slot_size:
-            raise self._too_large(n)
-        try:
-            magazine = self._local.magazine
-        except AttributeError:
-            magazine = self._magazine()
-        slots = magazine.slots
-        if not slots:
+        """Store `value` in a slot from this thread's magazine and return its handle."""
+        self._check_open()
+        data = self._pack_checked(value)
+        magazine = self._magazine()
+        if not magazine.slots:
             self._refill(magazine)
-        e, local = slots.pop()
+        e, local = magazine.slots.pop()
         magazine.allocations += 1
-        u = e.u
-        m = e.meta_w + (local << 2)
-        seq = u[m + 3] | 1
-        u[m + 3] = seq
-        off = e.data + local * e.stride
-        e.mm[off:off + n] = data
-        u[m + 2] = n
-        u[m + 3] = (seq + 1) & 0xFFFFFFFF
-        u[m + 1] = self._allocated_tag
-        return (u[m] << 32) | (e.base + local)
+        return self._write_new(e, local, data)
 
     def release(self, handle: int) -> None:
+        """Give the slot back to this thread's magazine; `handle` is stale from now on."""
+        self._check_open()
         e, local = self._locate(handle)
         u = e.u
         m = e.meta_w + (local << 2)
         generation = handle >> 32
-        word = u[m + 1] >> 24
-        if u[m] != generation or (word != L.ALLOCATED and word != L.TORN):
+        if u[m] != generation and _live_state(u, m, generation) < 0:
             raise self._bad_handle(handle)
-        u[m] = generation + 1 if generation < MAX_GENERATION else 1
+        # Cached first: a crash in between leaves a cached slot with a readable
+        # old value, which recovery frees; never "allocated but unreadable".
         u[m + 1] = self._cached_tag
+        u[m] = L.next_generation(generation) | L.UNREADABLE
         try:
             magazine = self._local.magazine
         except AttributeError:
@@ -153,7 +141,7 @@ class ThreadLocalPool(SharedPool):
         q = self._q
         q[L.HDR_ALLOCATIONS] += magazine.allocations
         q[L.HDR_DEALLOCATIONS] += magazine.deallocations
-        used = q[L.HDR_ALLOCATIONS] - q[L.HDR_DEALLOCATIONS]
+        used = L.in_use(q)
         if used > q[L.HDR_PEAK]:
             q[L.HDR_PEAK] = used
         magazine.allocations = magazine.deallocations = 0

@@ -21,7 +21,7 @@ def check_invariants(pool) -> dict:
         for local in range(fresh):
             state = u[e.meta_w + 4 * local + 1] >> L.STATE_SHIFT
             assert state in names, f"slot {local}: state {state}"
-            assert u[e.meta_w + 4 * local] != 0, f"slot {local}: generation 0"
+            assert u[e.meta_w + 4 * local] & 0x7FFFFFFF != 0, f"slot {local}: generation 0"
             states[local] = state
             counts[names[state]] += 1
         for local in listed:

@@ -71,7 +71,6 @@ def timed(fn, *args):
 CRITICAL_STEPS = [
     # (pool kind, operation the child runs, fault point)
     ("fixed", "allocate", "lock.acquired"),
-    ("fixed", "allocate", "lock.held"),
     ("fixed", "allocate", "lock.released"),
     ("fixed", "allocate", "alloc.marked"),
     ("fixed", "allocate", "alloc.popped"),
@@ -147,7 +146,7 @@ def test_orphans_are_kept_by_default_and_reclaimed_on_request(tmp_path, pool_nam
 
 def test_a_stopped_live_holder_is_never_robbed(tmp_path, pool_name):
     with FixedPool.create(pool_name, capacity=8, lock_timeout=0.5) as pool:
-        child = Child(tmp_path, pool_name, "allocate", "lock.held", action="stop")
+        child = Child(tmp_path, pool_name, "allocate", "alloc.popped", action="stop")
         try:
             with pytest.raises(LockTimeout, match=f"pid {child.proc.pid} .alive"):
                 pool.allocate(1)
@@ -187,7 +186,7 @@ def test_repairer_killed_while_rebuilding_is_repaired_in_turn(tmp_path, pool_nam
 def test_other_attachers_keep_working_after_a_takeover(tmp_path, pool_name):
     with FixedPool.create(pool_name, capacity=8, lock_timeout=LOCK_TIMEOUT) as pool:
         other = attach(pool_name)
-        Child(tmp_path, pool_name, "allocate", "lock.held").kill()
+        Child(tmp_path, pool_name, "allocate", "alloc.popped").kill()
         h, _ = timed(other.allocate, "via other")
         assert pool.get(h) == "via other"
         assert pool.statistics().recoveries == 1

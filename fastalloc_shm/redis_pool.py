@@ -1,0 +1,700 @@
+"""RedisPool: the pool API of the shared-memory kinds, on Redis or Redis Cluster.
+
+A shared-memory pool is one machine by nature; when workers spread over
+hosts, the same API runs on an existing distributed engine. Design:
+
+* Every operation is one Lua script (`_redis_scripts`), loaded once and
+  called by its SHA1, so Redis applies it atomically and a client killed at
+  any point leaves no half state: the role the semaphore and ordered writes
+  play in shared memory. Values are packed, and checked against slot_size,
+  before any round trip, so bad input never reaches the server.
+* All keys of a pool share the hash tag `{fastalloc.NAME}`: one pool lives
+  on one cluster slot (its scripts may touch all its keys), many pools
+  spread over the cluster.
+* Liveness across hosts uses leases, as Redis-based locks do: on its first
+  allocation a process registers a client id and keeps a key that expires
+  after `lease_ttl` seconds, refreshed every `lease_ttl / 3` by a daemon
+  thread. Allocations record their owner; `recover()` acts on owners whose
+  lease expired, with the same orphan policy as shared memory. A forked
+  child registers anew (the lease and thread are the parent's).
+* Handles, errors, PoolConfig and PoolStatistics are those of the
+  shared-memory kinds; growth follows the GrowthStrategy inside the script
+  (a custom function runs in the client, which passes the amount together
+  with the capacity it was computed from, so two clients never grow twice).
+
+redis-py is an optional extra: this module imports without it, and
+`RedisPool.create/attach` raise `RedisNotInstalled` naming the extra.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import secrets
+import threading
+import weakref
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import msgpack
+
+from . import _callables, _names
+from ._redis_connection import Connection, mask_url
+from ._redis_errors import RedisNotInstalled, RedisUnavailable, ScriptError, SharedMemoryOnly, pool_error
+from ._redis_scripts import (
+    ALLOCATE,
+    CREATE,
+    DESCRIBE,
+    GET,
+    GOODBYE,
+    INDEX_LIMIT,
+    LAYOUT,
+    META_PATTERN,
+    NEW_CLIENT,
+    RECOVER,
+    RELEASE,
+    RESET_STATISTICS,
+    SET,
+    STATISTICS,
+    STATISTICS_FIELDS,
+    TOUCH,
+    UNLINK,
+    Script,
+    lease_key,
+    pool_keys,
+    pool_of_meta_key,
+)
+from .config import DEFAULT_SLOT_SIZE, ORPHAN_POLICIES, PoolConfig
+from .errors import (
+    ConfigError,
+    FastallocError,
+    IncompatiblePool,
+    PoolExhausted,
+    PoolExistsError,
+    SerializationError,
+    ValueTooLarge,
+)
+from .handle import INDEX_BITS, unpack
+from .report import RecoveryReport
+from .stats import PoolStatistics
+
+__all__ = [
+    "RedisPool",
+    "list_pools",
+    "unlink_pool",
+    "RedisNotInstalled",
+    "RedisUnavailable",
+    "SharedMemoryOnly",
+]
+
+DEFAULT_LEASE_TTL = 10.0
+# The lease is refreshed every ttl/3; a shorter ttl would keep a thread busy
+# and expire on any scheduling hiccup.
+MIN_LEASE_TTL = 0.1
+
+_log = logging.getLogger(__name__)
+_open_pools: weakref.WeakSet[RedisPool] = weakref.WeakSet()
+
+
+class RedisPool:
+    """A pool of msgpack values on a Redis server or Redis Cluster, shared by processes on any host.
+
+    The creator owns the pool's keys on the server: `unlink()` (or leaving a
+    `with RedisPool.create(...)` block) deletes them. Every instance owns one
+    redis-py client and, once it allocates, a lease refreshed by a daemon
+    thread; `close()` ends both and leaves the pool on the server.
+
+    Differences from the shared-memory kinds: `buffer()` raises
+    SharedMemoryOnly; the statistics' lock fields stay 0 (Redis runs each
+    script atomically, no client takes a lock); the config fields alignment,
+    huge_pages, lock_timeout, batch_size, mode and pre_initialize have no
+    effect (there is no local memory to lay out or touch in advance); and
+    `capacity` and `len()` ask the server (one round trip each). Needs
+    Redis 7.0 or newer.
+
+    >>> with RedisPool.create("jobs", url="redis://localhost:6379/0", capacity=1000) as pool:  # doctest: +SKIP
+    ...     h = pool.allocate({"id": 1})
+    ...     pool.get(h)
+    {'id': 1}
+    """
+
+    # Class-level defaults: repr() and close() work even if __init__ failed half-way.
+    _name = ""
+    _url = ""
+    _cluster = False
+    _slot_size = 0
+    _creator = False
+    _closed = True
+    _client_id: int | None = None
+    _lease_stop: threading.Event | None = None
+    _lease_thread: threading.Thread | None = None
+
+    def __init__(
+        self,
+        name: str,
+        url: str,
+        cluster: bool,
+        lease_ttl: float,
+        config: PoolConfig,
+        conn: Connection,
+        incarnation: str,
+        *,
+        creator: bool,
+        reset_unimportable: bool = False,
+    ) -> None:
+        """Private: use `RedisPool.create` or `RedisPool.attach`."""
+        self._name = name
+        self._url = url
+        self._cluster = cluster
+        self._lease_ttl = lease_ttl
+        self._config = config
+        self._slot_size = config.slot_size
+        self._conn: Connection | _ClosedConnection = conn
+        self._keys = pool_keys(name)
+        self._incarnation = incarnation
+        self._creator = creator
+        self._reset_unimportable = reset_unimportable
+        self._register_lock = threading.Lock()
+        self._closed = False
+        _open_pools.add(self)
+
+    # -- creation -------------------------------------------------------------------------
+
+    @classmethod
+    def create(
+        cls,
+        name: str,
+        *,
+        url: str,
+        cluster: bool = False,
+        lease_ttl: float = DEFAULT_LEASE_TTL,
+        capacity: int | None = None,
+        slot_size: int | None = None,
+        config: PoolConfig | None = None,
+        exist_ok: bool = False,
+        **overrides: Any,
+    ) -> RedisPool:
+        """Create pool `name` on the server at `url` (a cluster node if `cluster`).
+
+        Give `capacity` (and `slot_size`, default 256 bytes) or a PoolConfig;
+        keywords and `overrides` (PoolConfig fields) replace the config's
+        values. With `exist_ok=True` an existing pool of the same capacity,
+        slot_size, max_capacity and growth strategy is attached instead of
+        raising PoolExistsError. Creation is atomic: of many concurrent
+        creators exactly one creates.
+
+        >>> pool = RedisPool.create("jobs", url="redis://cache:6379/0", capacity=10_000)  # doctest: +SKIP
+        """
+        _names.validate(name)
+        _check_lease_ttl(lease_ttl)
+        config = _build_config(capacity, slot_size, config, overrides)
+        if config.capacity > INDEX_LIMIT:
+            raise ConfigError(f"capacity: {config.capacity} slots is more than a pool can index ({INDEX_LIMIT})")
+        conn = Connection(url, cluster)
+        try:
+            strategy = config.growth_strategy
+            max_capacity = -1 if config.max_capacity is None else min(config.max_capacity, INDEX_LIMIT)
+            incarnation = secrets.token_hex(8)
+            args = (incarnation, _pack_record(config.to_record()), config.capacity, config.slot_size, max_capacity,
+                    strategy.kind, repr(float(strategy.value)))
+            try:
+                created = conn.run(CREATE, pool_keys(name), args) == b"CREATED"
+            except ScriptError as exc:
+                raise pool_error(name, conn.address, exc) from None
+            if created:
+                return cls(name, url, cluster, lease_ttl, config, conn, incarnation, creator=True)
+            if not exist_ok:
+                raise PoolExistsError(
+                    f"pool {name!r} already exists on Redis at {conn.address}; attach to it with"
+                    " RedisPool.attach(), pass exist_ok=True, or unlink it first"
+                )
+            found, incarnation, reset_unimportable = _describe(conn, name)
+            _check_compatible(name, conn.address, config, found)
+            return cls(name, url, cluster, lease_ttl, found, conn, incarnation, creator=False,
+                       reset_unimportable=reset_unimportable)
+        except BaseException:
+            conn.close()
+            raise
+
+    @classmethod
+    def attach(cls, name: str, *, url: str, cluster: bool = False, lease_ttl: float = DEFAULT_LEASE_TTL) -> RedisPool:
+        """Attach to the existing pool `name` on the server at `url`; PoolNotFound if there is none.
+
+        >>> other = RedisPool.attach("jobs", url="redis://cache:6379/0")  # doctest: +SKIP
+        """
+        _names.validate(name)
+        _check_lease_ttl(lease_ttl)
+        conn = Connection(url, cluster)
+        try:
+            config, incarnation, reset_unimportable = _describe(conn, name)
+            return cls(name, url, cluster, lease_ttl, config, conn, incarnation, creator=False,
+                       reset_unimportable=reset_unimportable)
+        except BaseException:
+            conn.close()
+            raise
+
+    # -- values -------------------------------------------------------------------------
+
+    def allocate(self, value: Any) -> int:
+        """Store `value` in a free slot and return its handle; PoolExhausted when full at max_capacity.
+
+        >>> h = pool.allocate({"id": 1, "tags": [1, 2]})  # doctest: +SKIP
+        """
+        reply = self._allocate(1, (self._pack(value),))
+        return (reply[2] << INDEX_BITS) | reply[1]
+
+    def try_allocate(self, value: Any) -> int | None:
+        """Like `allocate`, but None instead of PoolExhausted."""
+        try:
+            return self.allocate(value)
+        except PoolExhausted:
+            return None
+
+    def allocate_many(self, values: Iterable[Any]) -> list[int]:
+        """Store every value, in one round trip; all or none (PoolExhausted allocates nothing)."""
+        payloads = [self._pack(value) for value in values]
+        if not payloads:
+            return []
+        reply = self._allocate(len(payloads), payloads)
+        return [(generation << INDEX_BITS) | index for index, generation in zip(reply[1::2], reply[2::2], strict=True)]
+
+    def get(self, handle: int) -> Any:
+        """The value in the handle's slot (a fresh Python object); StaleHandle after release."""
+        index, generation = unpack(handle)
+        return self._unpack(self._run(GET, (index, generation)), index)
+
+    def set(self, handle: int, value: Any) -> None:
+        """Replace the value in the handle's slot."""
+        index, generation = unpack(handle)
+        self._run(SET, (index, generation, self._pack(value)))
+
+    def release(self, handle: int) -> None:
+        """Return the slot to the free list; `handle` is stale from now on (a second release raises)."""
+        self._run(RELEASE, unpack(handle))
+
+    def release_many(self, handles: Iterable[int]) -> None:
+        """Release every handle, in one round trip; if any is stale or invalid, none is released."""
+        args: list[int] = []
+        for handle in handles:
+            args.extend(unpack(handle))
+        if args:
+            self._run(RELEASE, args)
+
+    @contextlib.contextmanager
+    def borrowed(self, value: Any) -> Iterator[int]:
+        """Allocate `value` for the duration of a `with` block; released on exit.
+
+        >>> with pool.borrowed({"job": 7}) as h:  # doctest: +SKIP
+        ...     pool.get(h)
+        {'job': 7}
+        """
+        handle = self.allocate(value)
+        try:
+            yield handle
+        finally:
+            self.release(handle)
+
+    def acquire(self) -> int:
+        """A slot holding a ready object, from the config's `reset_fn(create, reset)`.
+
+        A slot never used holds `create()`; a reused one `reset(previous)`, or
+        the previous value mutated in place when reset returns None. With only
+        an `initializer`, a never-used slot holds `initializer()` and a reused
+        one keeps its value. Two round trips: take the slot, then store.
+        """
+        make, reset = self._acquire_functions()
+        reply = self._allocate(1, ())
+        index, previous = reply[1], reply[3]
+        handle = (reply[2] << INDEX_BITS) | index
+        try:
+            if previous is None:
+                value = make()
+            elif reset is None:
+                return handle
+            else:
+                value = self._unpack(previous, index)
+                result = reset(value)
+                if result is not None:
+                    value = result
+            self.set(handle, value)
+        except BaseException:
+            # A failing create/reset or a value too large must not leak the slot.
+            with contextlib.suppress(FastallocError):
+                self.release(handle)
+            raise
+        return handle
+
+    def buffer(self, handle: int) -> memoryview:
+        """Shared-memory pools only: raises SharedMemoryOnly."""
+        raise SharedMemoryOnly(
+            f"buffer(): pool {self._name!r} is a RedisPool; its values live on the Redis server, so there are"
+            " no raw bytes to map here. Use get()/set(), or a shared-memory pool (FixedPool) for zero-copy access"
+        )
+
+    # -- state ---------------------------------------------------------------------------
+
+    def statistics(self) -> PoolStatistics:
+        """The pool's counters, shared by all its clients (lock_* fields stay 0 on Redis)."""
+        values = dict(zip(STATISTICS_FIELDS, self._run(STATISTICS, ()), strict=True))
+        return PoolStatistics(
+            capacity=values["capacity"],
+            current_usage=values["in_use"],
+            peak_usage=values["peak"],
+            total_allocations=values["total_allocations"],
+            total_deallocations=values["total_deallocations"],
+            allocation_failures=values["allocation_failures"],
+            growth_count=values["growth_count"],
+            recoveries=values["recoveries"],
+        )
+
+    def reset_statistics(self) -> None:
+        """Zero the counters; the peak restarts at the current usage."""
+        self._run(RESET_STATISTICS, ())
+
+    def recover(self, orphan_policy: str | None = None) -> RecoveryReport:
+        """Act on slots owned by clients whose lease expired (the client died or lost the server).
+
+        "keep" (default: the config's orphan_policy) leaves them allocated, since
+        a producer may die after handing a handle on, and counts them;
+        "reclaim" frees them (their handles turn stale).
+        """
+        policy = self._config.orphan_policy if orphan_policy is None else orphan_policy
+        if policy not in ORPHAN_POLICIES:
+            raise ConfigError(f"orphan_policy: {policy!r} is not one of {ORPHAN_POLICIES}")
+        # The script can only touch keys it is given, so the leases to check are named first;
+        # a client registering meanwhile is alive anyway.
+        clients = sorted(int(c) for c in self._command("SMEMBERS", self._keys[6]))
+        leases = [lease_key(self._name, c) for c in clients]
+        kept, reclaimed, *dead = self._run(RECOVER, (policy, *clients), leases)
+        return RecoveryReport(
+            pool=self._name,
+            orphan_policy=policy,
+            dead_clients=tuple(sorted(int(c) for c in dead)),
+            orphans_kept=kept,
+            orphans_reclaimed=reclaimed,
+        )
+
+    def __len__(self) -> int:
+        """Slots in use now (one round trip)."""
+        return self._run(STATISTICS, ())[1]
+
+    @property
+    def name(self) -> str:
+        """The pool's name."""
+        return self._name
+
+    @property
+    def capacity(self) -> int:
+        """Slots the pool has now, grown or not (one round trip)."""
+        return self._run(STATISTICS, ())[0]
+
+    @property
+    def slot_size(self) -> int:
+        """Largest packed value, in bytes."""
+        return self._slot_size
+
+    @property
+    def config(self) -> PoolConfig:
+        """The configuration the pool was created with (attachers: callables as import paths)."""
+        return self._config
+
+    # -- lifetime ------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """End this instance's lease and connection; the pool stays on the server. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        _open_pools.discard(self)
+        if self._lease_stop is not None:
+            self._lease_stop.set()
+            if self._lease_thread is not None and self._lease_thread is not threading.current_thread():
+                self._lease_thread.join(timeout=1.0)
+        conn = self._conn
+        self._conn = _ClosedConnection(self._name)
+        if self._client_id is not None:
+            # A client that owns slots stays registered, so recover() can still act on them.
+            with contextlib.suppress(ScriptError, FastallocError):
+                conn.run(GOODBYE, [*self._keys, lease_key(self._name, self._client_id)],
+                         (self._incarnation, self._client_id))
+            self._client_id = None
+        conn.close()
+
+    def unlink(self) -> None:
+        """Delete the pool's keys on the server; every client's next call raises PoolNotFound.
+
+        Only this pool: if it was unlinked and created again meanwhile, the new one stays.
+        """
+        if not self._closed:
+            _unlink(self._conn, self._name, self._incarnation)
+            return
+        conn = Connection(self._url, self._cluster)
+        try:
+            _unlink(conn, self._name, self._incarnation)
+        finally:
+            conn.close()
+
+    def __enter__(self) -> RedisPool:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        try:
+            if self._creator:
+                self.unlink()
+        finally:
+            self.close()
+
+    def __reduce__(self) -> tuple[Callable[..., RedisPool], tuple[Any, ...]]:
+        # Pickles as "attach by name": the url travels (a password with it, as the
+        # other process must log in), the lease and connection do not.
+        return _attach_pickled, (self._name, self._url, self._cluster, self._lease_ttl)
+
+    def __repr__(self) -> str:
+        where = mask_url(self._url) + (" (cluster)" if self._cluster else "")
+        role = "creator" if self._creator else "attached"
+        state = ", closed" if self._closed else ""
+        return f"<RedisPool {self._name!r} at {where}, slot_size={self._slot_size}, {role}{state}>"
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _allocate(self, count: int, payloads: tuple[bytes, ...] | list[bytes]) -> list[Any]:
+        """Run ALLOCATE, answering the script's requests for a custom growth amount."""
+        client = self._client_id or self._register()
+        grow_from, grow_by = -1, 0
+        while True:
+            try:
+                return self._conn.run(
+                    ALLOCATE, self._keys, (self._incarnation, client, count, grow_from, grow_by, *payloads)
+                )
+            except ScriptError as exc:
+                if exc.code != "GROW":
+                    raise pool_error(self._name, self._conn.address, exc) from None
+                grow_from = int(exc.fields[0])
+                grow_by = self._custom_growth(grow_from)
+
+    def _run(self, script: Script, args: Iterable[Any], extra_keys: list[str] | None = None) -> Any:
+        keys = self._keys if extra_keys is None else [*self._keys, *extra_keys]
+        try:
+            return self._conn.run(script, keys, (self._incarnation, *args))
+        except ScriptError as exc:
+            raise pool_error(self._name, self._conn.address, exc) from None
+
+    def _command(self, *args: Any) -> Any:
+        try:
+            return self._conn.command(*args)
+        except ScriptError as exc:
+            raise pool_error(self._name, self._conn.address, exc) from None
+
+    def _pack(self, value: Any) -> bytes:
+        try:
+            payload = msgpack.packb(value, use_bin_type=True)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise SerializationError(
+                f"cannot store a {type(value).__name__} in pool {self._name!r}: msgpack says {exc};"
+                " store dicts, lists, str, bytes, ints, floats, bools or None"
+            ) from None
+        if len(payload) > self._slot_size:
+            raise ValueTooLarge(
+                f"value packs to {len(payload)} bytes but pool {self._name!r} has slot_size {self._slot_size};"
+                " store less, or create the pool with a larger slot_size"
+            )
+        return payload
+
+    def _unpack(self, payload: bytes, index: int) -> Any:
+        try:
+            return msgpack.unpackb(payload, raw=False, strict_map_key=False)
+        except Exception as exc:  # msgpack raises several types (ExtraData, FormatError, ValueError, ...)
+            raise SerializationError(
+                f"slot {index} of pool {self._name!r} holds bytes msgpack cannot read ({exc});"
+                " something other than fastalloc-shm wrote them"
+            ) from None
+
+    def _register(self) -> int:
+        """Register this process as a client of the pool and start refreshing its lease."""
+        with self._register_lock:
+            if self._client_id is None:
+                client = int(self._run(NEW_CLIENT, ()))
+                keys = [*self._keys, lease_key(self._name, client)]
+                ttl_ms = max(1, round(self._lease_ttl * 1000))
+                self._run(TOUCH, (client, ttl_ms), keys[len(self._keys):])
+                stop = threading.Event()
+                thread = threading.Thread(
+                    target=_keep_lease,
+                    args=(self._conn, keys, (self._incarnation, client, ttl_ms), self._lease_ttl / 3, stop),
+                    name=f"fastalloc-lease-{self._name}",
+                    daemon=True,
+                )
+                thread.start()
+                weakref.finalize(self, stop.set)
+                self._lease_stop, self._lease_thread = stop, thread
+                self._client_id = client
+            return self._client_id
+
+    def _forget_client(self) -> None:
+        """In a forked child: the lease and its thread are the parent's; register anew when allocating."""
+        self._client_id = None
+        self._lease_stop = self._lease_thread = None
+        self._register_lock = threading.Lock()
+
+    def _custom_growth(self, capacity: int) -> int:
+        if self._config.growth_strategy.fn is None:
+            raise ConfigError(
+                f"growth_strategy: pool {self._name!r} grows by a custom function that cannot be imported in"
+                " this process (it was a lambda or local function); give a module-level function or"
+                " 'module:qualname' when creating the pool"
+            )
+        return self._config.growth_amount(capacity)
+
+    def _acquire_functions(self) -> tuple[Callable[[], Any], Callable[[Any], Any] | None]:
+        """(make, reset) for acquire(): make() fills a never-used slot; reset is None with only an initializer."""
+        if self._config.reset is not None:
+            create, reset = self._config.reset
+            return _callables.as_callable(create, "reset"), _callables.as_callable(reset, "reset")
+        if self._reset_unimportable:
+            raise ConfigError(
+                f"reset: pool {self._name!r} was created with reset functions that cannot be imported in this"
+                " process (a lambda or local function); give module-level functions or 'module:qualname' strings"
+            )
+        if self._config.initializer is not None:
+            return _callables.as_callable(self._config.initializer, "initializer"), None
+        raise ConfigError(
+            f"reset: acquire() on pool {self._name!r} needs the config's reset_fn(create, reset) or an"
+            " initializer to make the object; add one, or call allocate(value)"
+        )
+
+
+class _ClosedConnection:
+    """Stands in for the connection of a closed pool: every call says so."""
+
+    address = "(closed)"
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def _refuse(self, *args: Any) -> Any:
+        raise FastallocError(f"pool {self._name!r} is closed in this process; attach again to use it")
+
+    run = command = _refuse
+
+    def close(self) -> None:
+        """Nothing left to close."""
+
+
+def list_pools(url: str, cluster: bool = False) -> list[str]:
+    """Names of the pools on the server (all primaries of a cluster) at `url`, sorted."""
+    conn = Connection(url, cluster)
+    try:
+        names = set()
+        for key in conn.scan(META_PATTERN):
+            name = pool_of_meta_key(key.decode(errors="replace"))
+            if name and conn.command("HGET", key, "layout") == LAYOUT.encode():
+                names.add(name)
+        return sorted(names)
+    finally:
+        conn.close()
+
+
+def unlink_pool(name: str, url: str, cluster: bool = False) -> bool:
+    """Delete pool `name` on the server at `url`; False if there was none."""
+    _names.validate(name)
+    conn = Connection(url, cluster)
+    try:
+        return _unlink(conn, name, "")
+    finally:
+        conn.close()
+
+
+def _unlink(conn: Connection | _ClosedConnection, name: str, incarnation: str) -> bool:
+    """Delete pool `name` if it is of `incarnation` ('': whichever exists); True if deleted."""
+    keys = pool_keys(name)
+    try:
+        clients = conn.command("SMEMBERS", keys[6])
+        leases = [lease_key(name, client.decode()) for client in clients]
+        return bool(conn.run(UNLINK, [*keys, *leases], (incarnation,)))
+    except ScriptError as exc:
+        raise pool_error(name, conn.address, exc) from None
+
+
+def _attach_pickled(name: str, url: str, cluster: bool, lease_ttl: float) -> RedisPool:
+    return RedisPool.attach(name, url=url, cluster=cluster, lease_ttl=lease_ttl)
+
+
+def _keep_lease(
+    conn: Connection, keys: list[str], args: tuple[str, int, int], interval: float, stop: threading.Event
+) -> None:
+    """Body of a lease thread: refresh until stopped, or until the pool is gone."""
+    while not stop.wait(interval):
+        try:
+            if not conn.run(TOUCH, keys, args):
+                return
+        except ScriptError:
+            return
+        except FastallocError as exc:
+            _log.warning("fastalloc-shm: lease refresh failed, retrying in %.2f s: %s", interval, exc)
+
+
+def _after_fork_in_child() -> None:
+    for pool in list(_open_pools):
+        pool._forget_client()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _check_lease_ttl(lease_ttl: float) -> None:
+    if isinstance(lease_ttl, bool) or not isinstance(lease_ttl, (int, float)) or not (
+        MIN_LEASE_TTL <= lease_ttl < math.inf
+    ):
+        raise ConfigError(f"lease_ttl: expected seconds >= {MIN_LEASE_TTL}, got {lease_ttl!r}")
+
+
+def _build_config(
+    capacity: int | None, slot_size: int | None, config: PoolConfig | None, overrides: dict[str, Any]
+) -> PoolConfig:
+    if config is None:
+        if capacity is None:
+            raise ConfigError("capacity: required; pass capacity=N or config=PoolConfig(...)")
+        config = PoolConfig(capacity=capacity, slot_size=DEFAULT_SLOT_SIZE if slot_size is None else slot_size)
+        return config.with_overrides(**overrides) if overrides else config
+    if not isinstance(config, PoolConfig):
+        raise ConfigError(f"config: expected a PoolConfig, got {config!r}")
+    changes = {k: v for k, v in (("capacity", capacity), ("slot_size", slot_size)) if v is not None}
+    changes.update(overrides)
+    return config.with_overrides(**changes) if changes else config
+
+
+def _pack_record(record: dict[str, Any]) -> bytes:
+    return msgpack.packb(record, use_bin_type=True)
+
+
+def _describe(conn: Connection, name: str) -> tuple[PoolConfig, str, bool]:
+    """The pool's stored config, its incarnation, and whether its reset functions could not be recorded."""
+    try:
+        incarnation, blob = conn.run(DESCRIBE, pool_keys(name), ("",))
+    except ScriptError as exc:
+        raise pool_error(name, conn.address, exc) from None
+    try:
+        incarnation = incarnation.decode()
+        record = msgpack.unpackb(blob, raw=False, strict_map_key=False)
+        config = PoolConfig.from_record(record)
+    except Exception as exc:  # a damaged header fails in msgpack or in PoolConfig, in many ways
+        raise IncompatiblePool(
+            f"pool {name!r} on Redis at {conn.address} has a config record this version cannot read ({exc});"
+            " unlink the pool and create it again"
+        ) from None
+    reset = record.get("reset")
+    return config, incarnation, bool(reset) and None in reset
+
+
+def _check_compatible(name: str, where: str, wanted: PoolConfig, found: PoolConfig) -> None:
+    for field in ("capacity", "slot_size", "max_capacity", "growth_strategy"):
+        want, have = getattr(wanted, field), getattr(found, field)
+        if field == "growth_strategy":
+            want, have = (want.kind, want.value), (have.kind, have.value)
+        if want != have:
+            raise IncompatiblePool(
+                f"pool {name!r} exists on Redis at {where} with {field} {have}, not {want}; attach to it as it"
+                " is (RedisPool.attach), or pick another name"
+            )

@@ -1,0 +1,812 @@
+"""RedisPool against real Redis: a standalone server, a TLS server with a password, a 3-node cluster."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import pickle
+import random
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import redis
+import trustme
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from redis.cluster import RedisCluster
+
+from fastalloc_shm import (
+    ConfigError,
+    FastallocError,
+    GrowthStrategy,
+    IncompatiblePool,
+    InvalidHandle,
+    PoolConfig,
+    PoolExhausted,
+    PoolExistsError,
+    PoolNotFound,
+    RedisPool,
+    SerializationError,
+    StaleHandle,
+    ValueTooLarge,
+)
+from fastalloc_shm.handle import pack, unpack
+from fastalloc_shm.redis_pool import RedisUnavailable, SharedMemoryOnly, list_pools, unlink_pool
+
+from .redis_servers import TlsFiles, free_port, redis_cluster, redis_server
+
+ROOT = Path(__file__).resolve().parents[1]
+SECRET = "s3cret-Pw_42"
+
+
+@pytest.fixture(scope="module")
+def redis_url():
+    """A redis-server for this module; at the end, no key of any pool may be left on it."""
+    with redis_server() as server:
+        yield server.url
+        client = redis.Redis.from_url(server.url)
+        leftovers = sorted(client.scan_iter(match="{fastalloc.*"))
+        client.close()
+        assert not leftovers, f"tests left pool keys behind: {leftovers[:10]}"
+
+
+@pytest.fixture(scope="module")
+def cluster_url():
+    with redis_cluster(3) as nodes:
+        yield nodes[0].url
+
+
+@pytest.fixture
+def raw(redis_url):
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def pool(redis_url, pool_name):
+    with RedisPool.create(pool_name, url=redis_url, capacity=8, slot_size=128) as pool:
+        yield pool
+
+
+def pool_keys_on_server(client, name: str) -> list[bytes]:
+    return list(client.scan_iter(match=f"{{fastalloc.{name}}}*"))
+
+
+# Functions the pools below record by import path; module level so other processes import them.
+def new_list() -> list:
+    return []
+
+
+def append_one(previous: list) -> None:
+    previous.append(1)
+
+
+def count_of(previous: list) -> list:
+    return [len(previous)]
+
+
+def failing_reset(previous: list) -> list:
+    raise RuntimeError("reset failed")
+
+
+def add_one(capacity: int) -> int:
+    return 1
+
+
+def add_three(capacity: int) -> int:
+    return 3
+
+
+# -- values and handles -------------------------------------------------------------------
+
+
+def test_round_trip_returns_a_fresh_equal_value(pool):
+    value = {"id": 1, "tags": [1, 2], "blob": b"\x00\xff", "text": "é", 7: None}
+    h = pool.allocate(value)
+    assert unpack(h) == (0, 1)
+    got = pool.get(h)
+    assert got == value and got is not value
+    pool.set(h, [1, 2])
+    assert pool.get(h) == [1, 2]
+    pool.release(h)
+    assert len(pool) == 0
+
+
+msgpack_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats(allow_nan=False)
+    | st.text(max_size=16) | st.binary(max_size=16),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@pytest.fixture
+def roomy_pool(redis_url, pool_name):
+    with RedisPool.create(pool_name, url=redis_url, capacity=2, slot_size=4096) as pool:
+        yield pool
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(value=msgpack_values)
+def test_any_msgpack_value_round_trips(roomy_pool, value):
+    with roomy_pool.borrowed(value) as h:
+        assert roomy_pool.get(h) == value
+
+
+def test_release_makes_the_handle_stale_and_the_slot_reusable(pool):
+    h = pool.allocate("x")
+    pool.release(h)
+    with pytest.raises(StaleHandle, match="released"):
+        pool.get(h)
+    with pytest.raises(StaleHandle):
+        pool.set(h, "y")
+    again = pool.allocate("y")
+    assert unpack(again) == (unpack(h)[0], 2)
+    assert pool.get(again) == "y"
+
+
+def test_double_release_is_stale_and_changes_nothing(pool):
+    h = pool.allocate("x")
+    keep = pool.allocate("keep")
+    pool.release(h)
+    with pytest.raises(StaleHandle):
+        pool.release(h)
+    assert len(pool) == 1
+    assert pool.statistics().total_deallocations == 1
+    assert pool.get(keep) == "keep"
+
+
+@pytest.mark.parametrize("garbage", [0, -1, 1.5, "1", None, True, 2**64, 5])
+def test_garbage_is_an_invalid_handle(pool, garbage):
+    for operation in (pool.get, pool.release, lambda h: pool.set(h, 1), lambda h: pool.release_many([h])):
+        with pytest.raises(InvalidHandle):
+            operation(garbage)
+
+
+def test_an_index_beyond_capacity_is_an_invalid_handle(pool):
+    beyond = pack(100, 1)
+    for operation in (pool.get, pool.release, lambda h: pool.set(h, 1)):
+        with pytest.raises(InvalidHandle, match="beyond its 8 slots"):
+            operation(beyond)
+
+
+def test_a_handle_never_handed_out_is_stale(pool):
+    with pytest.raises(StaleHandle, match="not allocated"):
+        pool.get(pack(3, 1))
+
+
+def test_full_pool_raises_exhausted_and_try_allocate_returns_none(pool):
+    handles = pool.allocate_many(range(8))
+    with pytest.raises(PoolExhausted, match="8/8"):
+        pool.allocate(9)
+    assert pool.try_allocate(9) is None
+    with pytest.raises(PoolExhausted):
+        pool.allocate_many([1, 2])
+    stats = pool.statistics()
+    assert (stats.total_allocations, stats.allocation_failures) == (8, 4)
+    pool.release(handles[0])
+    assert pool.try_allocate(9) is not None
+
+
+def test_too_large_or_unpackable_values_fail_before_touching_the_pool(pool):
+    with pytest.raises(ValueTooLarge, match="slot_size 128"):
+        pool.allocate(b"x" * 200)
+    with pytest.raises(SerializationError):
+        pool.allocate({1, 2})
+    with pytest.raises(ValueTooLarge):
+        pool.allocate_many(["fits", b"x" * 200])
+    h = pool.allocate("fits")
+    with pytest.raises(ValueTooLarge):
+        pool.set(h, b"x" * 200)
+    assert pool.get(h) == "fits"
+    stats = pool.statistics()
+    assert (stats.total_allocations, stats.current_usage, stats.allocation_failures) == (1, 1, 0)
+
+
+def test_buffer_says_it_is_shared_memory_only(pool):
+    h = pool.allocate(1)
+    with pytest.raises(SharedMemoryOnly, match="shared-memory") as info:
+        pool.buffer(h)
+    assert isinstance(info.value, FastallocError)
+
+
+# -- batches ------------------------------------------------------------------------------
+
+
+def test_allocate_many_and_release_many_are_one_round_trip_each(redis_url, pool_name, raw):
+    def script_calls() -> int:
+        return raw.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0)
+
+    # A long lease keeps the refresh thread quiet while counting.
+    with RedisPool.create(pool_name, url=redis_url, capacity=200, lease_ttl=60) as pool:
+        pool.release(pool.allocate("register this client first"))
+        before = script_calls()
+        handles = pool.allocate_many(range(100))
+        pool.release_many(handles)
+        assert script_calls() - before == 2
+        assert len({unpack(h)[0] for h in handles}) == 100
+
+
+def test_batches_larger_than_luas_unpack_limit_work(redis_url, pool_name):
+    with RedisPool.create(pool_name, url=redis_url, capacity=12_000, slot_size=16) as pool:
+        handles = pool.allocate_many(range(10_000))
+        assert [pool.get(h) for h in handles[::2500]] == [0, 2500, 5000, 7500]
+        pool.release_many(handles)
+        assert len(pool) == 0
+
+
+def test_release_many_with_a_stale_handle_releases_nothing(pool):
+    a, b, c = pool.allocate_many(["a", "b", "c"])
+    pool.release(b)
+    with pytest.raises(StaleHandle):
+        pool.release_many([a, b, c])
+    with pytest.raises(StaleHandle, match="twice"):
+        pool.release_many([a, a])
+    assert len(pool) == 2 and pool.get(a) == "a"
+    pool.release_many([a, c])
+    assert len(pool) == 0
+
+
+def test_allocate_many_that_does_not_fit_allocates_nothing(pool):
+    pool.allocate_many(range(5))
+    with pytest.raises(PoolExhausted, match="4 requested"):
+        pool.allocate_many(range(4))
+    assert len(pool) == 5
+    assert pool.allocate_many([]) == []
+
+
+def test_borrowed_releases_on_exit_even_after_an_error(pool):
+    with pool.borrowed({"a": 1}) as h:
+        assert pool.get(h) == {"a": 1} and len(pool) == 1
+    assert len(pool) == 0
+    with pytest.raises(RuntimeError), pool.borrowed(1):
+        raise RuntimeError("boom")
+    assert len(pool) == 0
+
+
+# -- growth -------------------------------------------------------------------------------
+
+
+def test_linear_growth_stops_at_max_capacity(redis_url, pool_name):
+    with RedisPool.create(pool_name, url=redis_url, capacity=2, max_capacity=7,
+                          growth_strategy=GrowthStrategy.linear(2)) as pool:
+        capacities = []
+        for i in range(7):
+            pool.allocate(i)
+            capacities.append(pool.capacity)
+        assert capacities == [2, 2, 4, 4, 6, 6, 7]
+        assert pool.statistics().growth_count == 3
+        with pytest.raises(PoolExhausted, match="max_capacity 7"):
+            pool.allocate(8)
+
+
+def test_exponential_growth_adds_what_the_config_says(redis_url, pool_name):
+    config = PoolConfig(capacity=3, max_capacity=40, growth_strategy=GrowthStrategy.exponential(1.5))
+    expected, capacity = [], 3
+    for used in range(1, 41):
+        if used > capacity:
+            capacity += config.growth_amount(capacity)
+        expected.append(capacity)
+    with RedisPool.create(pool_name, url=redis_url, config=config) as pool:
+        seen = []
+        for i in range(40):
+            pool.allocate(i)
+            seen.append(pool.capacity)
+        assert seen == expected
+        with pytest.raises(PoolExhausted):
+            pool.allocate(41)
+
+
+def test_a_batch_grows_the_pool_as_often_as_needed(redis_url, pool_name):
+    with RedisPool.create(pool_name, url=redis_url, capacity=2, growth_strategy=GrowthStrategy.linear(3)) as pool:
+        pool.allocate_many(range(10))
+        stats = pool.statistics()
+        assert (stats.capacity, stats.growth_count) == (11, 3)
+
+
+def test_custom_growth_runs_in_the_client_and_attachers_import_it(redis_url, pool_name):
+    with RedisPool.create(pool_name, url=redis_url, capacity=1, max_capacity=8,
+                          growth_strategy=GrowthStrategy.custom(add_three)) as pool:
+        pool.allocate(0)
+        with RedisPool.attach(pool_name, url=redis_url) as other:
+            other.allocate(1)
+            assert other.capacity == 4
+        pool.allocate_many(range(4))
+        assert pool.capacity == 7
+        pool.allocate_many(range(2))
+        assert pool.statistics().capacity == 8
+        assert pool.statistics().growth_count == 3
+
+
+def test_custom_growth_by_a_lambda_is_refused_in_attachers(redis_url, pool_name):
+    with RedisPool.create(pool_name, url=redis_url, capacity=1,
+                          growth_strategy=GrowthStrategy.custom(lambda capacity: 1)) as pool:
+        pool.allocate(0)
+        with RedisPool.attach(pool_name, url=redis_url) as other, pytest.raises(ConfigError, match="growth_strategy"):
+            other.allocate(1)
+        assert len(pool) == 1
+
+
+def test_concurrent_clients_never_apply_one_custom_growth_twice(redis_url, pool_name):
+    # Each growth adds one slot only when the pool is full, so after n
+    # allocations the capacity is exactly n unless some growth was applied twice.
+    with RedisPool.create(pool_name, url=redis_url, capacity=1, growth_strategy=GrowthStrategy.custom(add_one)) as pool:
+        clients = [RedisPool.attach(pool_name, url=redis_url) for _ in range(2)]
+        errors: list[BaseException] = []
+
+        def allocate(client: RedisPool) -> None:
+            try:
+                for i in range(40):
+                    client.allocate(i)
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=allocate, args=(c,)) for c in clients for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for c in clients:
+            c.close()
+        assert not errors
+        stats = pool.statistics()
+        assert (stats.current_usage, stats.capacity, stats.growth_count) == (160, 160, 159)
+
+
+# -- acquire ------------------------------------------------------------------------------
+
+
+def test_acquire_creates_then_stores_the_mutated_previous(redis_url, pool_name):
+    with RedisPool.create(pool_name, url=redis_url, capacity=1, reset=(new_list, append_one)) as pool:
+        h = pool.acquire()
+        assert pool.get(h) == []
+        pool.set(h, ["used"])
+        pool.release(h)
+        h = pool.acquire()
+        assert pool.get(h) == ["used", 1]
+        assert pool.statistics().total_allocations == 2
+
+
+def test_acquire_stores_what_reset_returns_also_in_attachers(redis_url, pool_name):
+    with RedisPool.create(pool_name, url=redis_url, capacity=1, reset=(new_list, count_of)) as pool:
+        pool.release(pool.acquire())
+        with RedisPool.attach(pool_name, url=redis_url) as other:
+            h = other.acquire()
+            assert other.get(h) == [0]
+            other.set(h, [1, 2, 3])
+            other.release(h)
+        assert pool.get(pool.acquire()) == [3]
+
+
+def test_acquire_with_a_failing_reset_releases_the_slot(redis_url, pool_name):
+    with RedisPool.create(pool_name, url=redis_url, capacity=1, reset=(new_list, failing_reset)) as pool:
+        pool.release(pool.acquire())
+        with pytest.raises(RuntimeError, match="reset failed"):
+            pool.acquire()
+        assert len(pool) == 0
+
+
+def test_acquire_with_only_an_initializer_keeps_reused_values(redis_url, pool_name):
+    with RedisPool.create(pool_name, url=redis_url, capacity=1, initializer=new_list) as pool:
+        h = pool.acquire()
+        assert pool.get(h) == []
+        pool.set(h, ["kept"])
+        pool.release(h)
+        assert pool.get(pool.acquire()) == ["kept"]
+
+
+def test_acquire_without_reset_fn_is_a_config_error(pool):
+    with pytest.raises(ConfigError, match="reset_fn"):
+        pool.acquire()
+    assert len(pool) == 0
+
+
+# -- statistics ---------------------------------------------------------------------------
+
+
+def test_statistics_count_and_reset(pool):
+    handles = pool.allocate_many(range(6))
+    pool.release_many(handles[:4])
+    pool.allocate(1)
+    stats = pool.statistics()
+    assert (stats.capacity, stats.current_usage, stats.peak_usage) == (8, 3, 6)
+    assert (stats.total_allocations, stats.total_deallocations, stats.allocation_failures) == (7, 4, 0)
+    assert (stats.lock_acquisitions, stats.lock_wait_ns, stats.lock_timeouts) == (0, 0, 0)
+    pool.reset_statistics()
+    stats = pool.statistics()
+    assert (stats.current_usage, stats.peak_usage, stats.total_allocations, stats.total_deallocations) == (3, 3, 0, 0)
+
+
+# -- creation, attachment, lifetime -------------------------------------------------------
+
+
+def test_create_of_an_existing_pool_raises_unless_exist_ok_and_compatible(pool, redis_url):
+    h = pool.allocate("shared")
+    with pytest.raises(PoolExistsError):
+        RedisPool.create(pool.name, url=redis_url, capacity=8, slot_size=128)
+    with RedisPool.create(pool.name, url=redis_url, capacity=8, slot_size=128, exist_ok=True) as same:
+        assert same.get(h) == "shared" and "attached" in repr(same)
+    with pytest.raises(IncompatiblePool, match="slot_size"):
+        RedisPool.create(pool.name, url=redis_url, capacity=8, slot_size=64, exist_ok=True)
+    assert pool.get(h) == "shared"
+
+
+def test_attach_to_a_missing_pool_raises_pool_not_found(redis_url, pool_name):
+    with pytest.raises(PoolNotFound, match=pool_name):
+        RedisPool.attach(pool_name, url=redis_url)
+
+
+def test_a_foreign_key_or_another_layout_is_incompatible(redis_url, pool_name, raw):
+    meta = f"{{fastalloc.{pool_name}}}:meta"
+    raw.set(meta, "not a pool")
+    for open_pool in (lambda: RedisPool.attach(pool_name, url=redis_url),
+                      lambda: RedisPool.create(pool_name, url=redis_url, capacity=1)):
+        with pytest.raises(IncompatiblePool, match="did not create"):
+            open_pool()
+    raw.delete(meta)
+    raw.hset(meta, mapping={"layout": "fastalloc-redis/999"})
+    with pytest.raises(IncompatiblePool, match="layout"):
+        RedisPool.attach(pool_name, url=redis_url)
+    raw.delete(meta)
+    raw.rpush(f"{{fastalloc.{pool_name}}}:free", 1)
+    with pytest.raises(IncompatiblePool, match=":free"):
+        RedisPool.create(pool_name, url=redis_url, capacity=1)
+    raw.delete(f"{{fastalloc.{pool_name}}}:free")
+
+
+def test_unlink_removes_every_key_and_later_calls_raise_pool_not_found(redis_url, pool_name, raw):
+    pool = RedisPool.create(pool_name, url=redis_url, capacity=4)
+    other = RedisPool.attach(pool_name, url=redis_url)
+    h = pool.allocate(1)
+    other.allocate(2)
+    assert pool_keys_on_server(raw, pool_name)
+    pool.unlink()
+    assert pool_keys_on_server(raw, pool_name) == []
+    with pytest.raises(PoolNotFound):
+        pool.get(h)
+    with pytest.raises(PoolNotFound):
+        other.allocate(3)
+    pool.close()
+    other.close()
+    assert pool_keys_on_server(raw, pool_name) == []
+    assert unlink_pool(pool_name, redis_url) is False
+
+
+def test_a_pool_created_again_under_the_same_name_is_not_the_old_one(redis_url, pool_name):
+    old = RedisPool.create(pool_name, url=redis_url, capacity=2)
+    attached = RedisPool.attach(pool_name, url=redis_url)
+    h = old.allocate("old value")
+    old.unlink()
+    with RedisPool.create(pool_name, url=redis_url, capacity=2) as new:
+        assert new.allocate("new value") == h
+        with pytest.raises(PoolNotFound, match="created again"):
+            attached.get(h)
+        with pytest.raises(PoolNotFound, match="created again"):
+            attached.allocate("x")
+        old.unlink()
+        old.close()
+        attached.close()
+        assert new.get(h) == "new value" and len(new) == 1
+
+
+def test_creator_context_unlinks_and_attacher_context_only_closes(redis_url, pool_name):
+    with RedisPool.create(pool_name, url=redis_url, capacity=2) as pool:
+        with RedisPool.attach(pool_name, url=redis_url) as other:
+            h = other.allocate(1)
+        assert "closed" in repr(other)
+        with pytest.raises(FastallocError, match="closed"):
+            other.get(h)
+        assert pool.get(h) == 1
+    assert pool_name not in list_pools(redis_url)
+
+
+def test_list_pools_and_unlink_pool_for_the_cli(redis_url, make_name, raw):
+    names = sorted(make_name() for _ in range(3))
+    foreign = f"{{fastalloc.{make_name()}}}:meta"
+    raw.set(foreign, "a string, not a pool")
+    pools = [RedisPool.create(n, url=redis_url, capacity=1) for n in names]
+    for p in pools:
+        p.close()
+    assert set(names) <= set(list_pools(redis_url))
+    assert [unlink_pool(n, redis_url) for n in names] == [True, True, True]
+    assert not set(names) & set(list_pools(redis_url))
+    raw.delete(foreign)
+
+
+def test_properties_and_repr(redis_url, pool_name):
+    with RedisPool.create(pool_name, url=redis_url, capacity=3, slot_size=64, max_capacity=9,
+                          growth_strategy=GrowthStrategy.linear(3)) as pool:
+        assert (pool.name, pool.capacity, pool.slot_size) == (pool_name, 3, 64)
+        assert pool.config.max_capacity == 9
+        assert repr(pool) == f"<RedisPool {pool_name!r} at {redis_url}, slot_size=64, creator>"
+        with RedisPool.attach(pool_name, url=redis_url) as other:
+            assert other.config.growth_strategy == GrowthStrategy.linear(3)
+
+
+@pytest.mark.parametrize("kwargs, field", [
+    ({"capacity": None}, "capacity"),
+    ({"capacity": 2, "lease_ttl": 0}, "lease_ttl"),
+    ({"capacity": 2, "url": "http://x"}, "url"),
+    ({"capacity": 2, "no_such_field": 1}, "no_such_field"),
+])
+def test_invalid_arguments_are_config_errors_naming_the_field(redis_url, pool_name, kwargs, field):
+    kwargs = {"url": redis_url, **kwargs}
+    with pytest.raises(ConfigError, match=field):
+        RedisPool.create(pool_name, **kwargs)
+
+
+def test_scripts_are_reloaded_after_script_flush(pool, raw):
+    h = pool.allocate(1)
+    raw.script_flush()
+    assert pool.get(h) == 1
+    pool.release(h)
+
+
+def test_pickle_attaches_by_name_and_url(pool):
+    h = pool.allocate({"k": 1})
+    clone = pickle.loads(pickle.dumps(pool))
+    try:
+        assert clone.get(h) == {"k": 1}
+        assert "attached" in repr(clone)
+    finally:
+        clone.close()
+    assert len(pool) == 1
+
+
+# -- leases and recovery ------------------------------------------------------------------
+
+
+def test_the_lease_is_refreshed_and_close_stops_it(redis_url, pool_name, raw):
+    with RedisPool.create(pool_name, url=redis_url, capacity=2):
+        other = RedisPool.attach(pool_name, url=redis_url, lease_ttl=0.5)
+        h = other.allocate(1)
+        time.sleep(1.2)
+        leases = raw.keys(f"{{fastalloc.{pool_name}}}:lease:*")
+        assert len(leases) == 1 and raw.pttl(leases[0]) > 0
+        other.release(h)
+        other.close()
+        assert raw.keys(f"{{fastalloc.{pool_name}}}:lease:*") == []
+        assert not [t for t in threading.enumerate() if t.name == f"fastalloc-lease-{pool_name}"]
+
+
+def test_a_forked_child_registers_its_own_client(pool, raw):
+    parent_handle = pool.allocate("parent")
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.write(write_end, str(pool.allocate("child")).encode())
+            pool.close()
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    _, status = os.waitpid(pid, 0)
+    child_handle = int(os.read(read_end, 64))
+    os.close(read_end)
+    assert status == 0
+    owners = raw.hgetall(f"{{fastalloc.{pool.name}}}:owner")
+    owner = {h: owners[str(unpack(h)[0]).encode()] for h in (parent_handle, child_handle)}
+    assert owner[parent_handle] != owner[child_handle]
+    assert pool.get(child_handle) == "child"
+
+
+def test_a_closed_clients_slots_are_reclaimed_under_the_config_policy(redis_url, pool_name):
+    with RedisPool.create(pool_name, url=redis_url, capacity=4, orphan_policy="reclaim") as pool:
+        mine = pool.allocate("mine")
+        other = RedisPool.attach(pool_name, url=redis_url)
+        handed_on = other.allocate_many(["a", "b"])
+        other.close()
+        report = pool.recover()
+        assert (report.orphan_policy, report.orphans_reclaimed, report.repaired) == ("reclaim", 2, True)
+        with pytest.raises(StaleHandle):
+            pool.get(handed_on[0])
+        assert pool.get(mine) == "mine" and len(pool) == 1
+        assert pool.statistics().recoveries == 1
+
+
+def hold_slots_until_killed(name: str, url: str, count: int, handles: mp.Queue) -> None:
+    """Child process: allocate `count` values under a 1 s lease, report the handles, wait to be killed."""
+    pool = RedisPool.attach(name, url=url, lease_ttl=1.0)
+    handles.put(pool.allocate_many([f"orphan {i}" for i in range(count)]))
+    time.sleep(60)
+
+
+def test_a_killed_clients_slots_are_kept_then_reclaimed_after_its_lease_expires(redis_url, pool_name):
+    ctx = mp.get_context("spawn")
+    with RedisPool.create(pool_name, url=redis_url, capacity=8) as pool:
+        mine = pool.allocate("alive")
+        queue = ctx.Queue()
+        child = ctx.Process(target=hold_slots_until_killed, args=(pool_name, redis_url, 3, queue))
+        child.start()
+        try:
+            orphans = queue.get(timeout=30)
+        finally:
+            os.kill(child.pid, signal.SIGKILL)
+            child.join()
+        deadline = time.monotonic() + 10
+        while not (report := pool.recover()).dead_clients:
+            assert time.monotonic() < deadline, "the killed client's lease never expired"
+            time.sleep(0.1)
+        assert (report.orphans_kept, report.orphans_reclaimed, report.repaired) == (3, 0, False)
+        assert [pool.get(h) for h in orphans] == ["orphan 0", "orphan 1", "orphan 2"]
+        report = pool.recover(orphan_policy="reclaim")
+        assert (report.orphans_reclaimed, report.repaired) == (3, True)
+        for h in orphans:
+            with pytest.raises(StaleHandle):
+                pool.get(h)
+        assert pool.get(mine) == "alive" and len(pool) == 1
+        assert pool.recover(orphan_policy="reclaim").orphans_reclaimed == 0
+
+
+# -- several processes --------------------------------------------------------------------
+
+
+def share_pool(name: str, url: str, worker: int, rounds: int) -> dict:
+    """Child process: race to create the pool, then allocate, check and release at random."""
+    rng = random.Random(worker)
+    pool = RedisPool.create(name, url=url, capacity=64, slot_size=128, exist_ok=True)
+    created = "creator" in repr(pool)
+    held: dict[int, dict] = {}
+    for n in range(rounds):
+        if held and (len(held) >= 12 or rng.random() < 0.4):
+            h = rng.choice(list(held))
+            assert pool.get(h) == held.pop(h), "another process overwrote a slot this one holds"
+            pool.release(h)
+        else:
+            value = {"worker": worker, "n": n}
+            held[pool.allocate(value)] = value
+    pool.close()
+    return {"created": created, "held": held}
+
+
+def test_four_spawned_processes_share_one_pool_and_never_get_the_same_slot(redis_url, pool_name):
+    ctx = mp.get_context("spawn")
+    try:
+        with ctx.Pool(4) as procs:
+            results = procs.starmap(share_pool, [(pool_name, redis_url, w, 300) for w in range(4)])
+        assert sum(r["created"] for r in results) == 1
+        held = {h: v for r in results for h, v in r["held"].items()}
+        slots = [unpack(h)[0] for r in results for h in r["held"]]
+        assert len(slots) == len(set(slots)), "a slot was handed out twice"
+        with RedisPool.attach(pool_name, url=redis_url) as pool:
+            assert len(pool) == len(held)
+            assert all(pool.get(h) == v for h, v in held.items())
+            stats = pool.statistics()
+            assert stats.total_allocations - stats.total_deallocations == len(held)
+    finally:
+        unlink_pool(pool_name, redis_url)
+
+
+# -- connections --------------------------------------------------------------------------
+
+
+def test_an_unreachable_server_fails_fast_naming_host_and_port():
+    port = free_port()
+    for cluster in (False, True):
+        started = time.monotonic()
+        with pytest.raises(RedisUnavailable, match=f"127.0.0.1:{port}") as info:
+            RedisPool.attach("anything", url=f"redis://:{SECRET}@127.0.0.1:{port}/0", cluster=cluster)
+        assert time.monotonic() - started < 3
+        assert SECRET not in str(info.value)
+        assert isinstance(info.value, FastallocError) and isinstance(info.value, ConnectionError)
+
+
+def test_a_server_that_never_answers_times_out_instead_of_hanging():
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        port = silent.getsockname()[1]
+        started = time.monotonic()
+        with pytest.raises(RedisUnavailable, match=f"127.0.0.1:{port}"):
+            RedisPool.attach("anything", url=f"redis://127.0.0.1:{port}/0")
+        assert time.monotonic() - started < 8
+
+
+def test_a_server_going_down_fails_fast(pool_name):
+    with redis_server() as server:
+        pool = RedisPool.create(pool_name, url=server.url, capacity=2)
+        h = pool.allocate(1)
+        server.stop()
+        started = time.monotonic()
+        with pytest.raises(RedisUnavailable, match=f"127.0.0.1:{server.port}"):
+            pool.get(h)
+        assert time.monotonic() - started < 3
+        pool.close()
+
+
+@pytest.fixture(scope="module")
+def tls_files():
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    with tempfile.TemporaryDirectory(prefix="fastalloc-tls-") as name:
+        directory = Path(name)
+        files = TlsFiles(directory / "cert.pem", directory / "key.pem", directory / "ca.pem")
+        cert.cert_chain_pems[0].write_to_path(files.cert)
+        cert.private_key_pem.write_to_path(files.key)
+        ca.cert_pem.write_to_path(files.ca)
+        yield files
+
+
+def test_rediss_and_passwords_work_and_never_show(tls_files, pool_name):
+    with redis_server("--requirepass", SECRET, tls=tls_files) as server:
+        url = f"rediss://default:{SECRET}@127.0.0.1:{server.port}/0?ssl_ca_certs={tls_files.ca}"
+        with RedisPool.create(pool_name, url=url, capacity=2) as pool:
+            h = pool.allocate({"over": "tls"})
+            assert SECRET not in repr(pool) and "default:***@" in repr(pool)
+            clone = pickle.loads(pickle.dumps(pool))
+            assert clone.get(h) == {"over": "tls"}
+            clone.close()
+            wrong = url.replace(SECRET, "not-the-" + SECRET)
+            with pytest.raises(RedisUnavailable, match="password") as info:
+                RedisPool.attach(pool_name, url=wrong)
+            assert SECRET not in str(info.value)
+
+
+def test_import_works_without_redis_and_use_names_the_extra():
+    code = textwrap.dedent("""
+        import sys
+        sys.modules["redis"] = None  # as if the extra were not installed
+        import fastalloc_shm
+        from fastalloc_shm import FastallocError, RedisPool
+        try:
+            RedisPool.attach("jobs", url="redis://127.0.0.1:6379/0")
+        except FastallocError as exc:
+            assert isinstance(exc, ImportError)
+            print(exc)
+        else:
+            raise SystemExit("RedisPool worked without redis")
+    """)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    assert "fastalloc-shm[redis]" in result.stdout
+
+
+# -- Redis Cluster ------------------------------------------------------------------------
+
+
+def read_and_write_pools(pools: list[RedisPool], handles: list[int]) -> list:
+    """Child process: read each pool's value through a pickled (attach-by-name) pool, then use it."""
+    values = [p.get(h) for p, h in zip(pools, handles, strict=True)]
+    for p in pools:
+        p.release(p.allocate("from the child"))
+        p.close()
+    return values
+
+
+def test_pools_spread_over_the_cluster_and_attach_from_another_process(cluster_url, make_name):
+    cluster = RedisCluster.from_url(cluster_url)
+    names, nodes = [], set()
+    while len(nodes) < 3:
+        name = make_name()
+        node = cluster.get_node_from_key(f"{{fastalloc.{name}}}:meta").name
+        if node not in nodes:
+            names.append(name)
+            nodes.add(node)
+    pools = [RedisPool.create(n, url=cluster_url, cluster=True, capacity=4, slot_size=64) for n in names]
+    try:
+        handles = [p.allocate({"pool": n}) for p, n in zip(pools, names, strict=True)]
+        assert set(names) <= set(list_pools(cluster_url, cluster=True))
+        cluster.script_flush()
+        ctx = mp.get_context("spawn")
+        with ctx.Pool(1) as procs:
+            values = procs.apply(read_and_write_pools, (pools, handles))
+        assert values == [{"pool": n} for n in names]
+        for p in pools:
+            assert p.statistics().total_allocations == 2
+    finally:
+        for p in pools:
+            p.unlink()
+            p.close()
+        cluster.close()
+    assert not set(names) & set(list_pools(cluster_url, cluster=True))
