@@ -22,11 +22,22 @@ from .errors import (
 )
 from .growing import GrowingPool
 from .pool import FixedPool, attach, unlink
-from .redis_pool import RedisPool
 from .report import RecoveryReport
 from .stats import PoolStatistics
 from .threadlocal import ThreadLocalPool
 from .threadsafe import ThreadSafePool
+
+
+
+def __getattr__(name: str):
+    # RedisPool loads on first use: importing redis-py costs ~80 ms and ~10 MB,
+    # which shared-memory users (every worker process) should not pay.
+    if name == "RedisPool":
+        from .redis_pool import RedisPool
+
+        return RedisPool
+    raise AttributeError(f"module 'fastalloc_shm' has no attribute {name!r}")
+
 
 __all__ = [
     "FixedPool",

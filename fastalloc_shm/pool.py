@@ -108,8 +108,7 @@ class SharedPool:
         >>> pool = FixedPool.create("jobs", capacity=10_000, slot_size=256)  # doctest: +SKIP
         """
         name = _names.validate(name)
-        cfg = _build_config(capacity, slot_size, config, overrides)
-        cls._check_config(cfg)
+        cfg = cls._prepare_config(_build_config(capacity, slot_size, config, overrides))
         for _ in range(2):
             try:
                 return cls._create_new(name, cfg)
@@ -130,9 +129,11 @@ class SharedPool:
         raise PoolExistsError(f"pool {name!r}: could neither create nor attach it; another process keeps replacing it")
 
     @classmethod
-    def _check_config(cls, cfg: PoolConfig) -> None:
+    def _prepare_config(cls, cfg: PoolConfig) -> PoolConfig:
+        """The config this kind runs with (validated for the kind)."""
         if not cls.may_grow and (cfg.max_capacity not in (None, cfg.capacity) or cfg.growth_strategy.kind != "none"):
             raise ConfigError(f"growth_strategy: {cls.__name__} does not grow; use GrowingPool")
+        return cfg
 
     @classmethod
     def _create_new(cls, name: str, cfg: PoolConfig) -> SharedPool:
