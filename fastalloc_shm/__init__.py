@@ -28,7 +28,6 @@ from .threadlocal import ThreadLocalPool
 from .threadsafe import ThreadSafePool
 
 
-
 def __getattr__(name: str):
     # RedisPool loads on first use: importing redis-py costs ~80 ms and ~10 MB,
     # which shared-memory users (every worker process) should not pay.

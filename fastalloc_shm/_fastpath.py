@@ -215,11 +215,21 @@ def _make_release(pool: SharedPool):
 
 
 def _make_threadlocal_allocate(pool: ThreadLocalPool):
+    e = pool._e0
+    u, mm, cap, meta, data, stride = e.u, e.mm, e.cap, e.meta_w, e.data, e.stride
     local_state, pack, slot_size, too_large = pool._local, pool._pack, pool._slot_size, pool._too_large
-    magazine_of, refill, allocated_tag = pool._magazine, pool._refill, pool._allocated_tag
+    magazine_of, allocated_tag = pool._magazine, pool._allocated_tag
+    general = type(pool).allocate.__get__(pool)
     generation_mask = L.GENERATION_MASK
 
     def allocate(value: Any) -> int:
+        try:
+            magazine = local_state.magazine
+        except AttributeError:
+            magazine = magazine_of()
+        slots = magazine.slots
+        if not slots or slots[-1] >= cap:  # refill, or a slot of another extent
+            return general(value)
         try:
             packed = pack(value)
         except Exception as exc:
@@ -227,32 +237,23 @@ def _make_threadlocal_allocate(pool: ThreadLocalPool):
         n = len(packed)
         if n > slot_size:
             raise too_large(n)
-        try:
-            magazine = local_state.magazine
-        except AttributeError:
-            magazine = magazine_of()
-        slots = magazine.slots
-        if not slots:
-            refill(magazine)
-        e, local = slots.pop()
-        magazine.allocations += 1
-        u = e.u
-        m = e.meta_w + (local << 2)
-        off = e.data + local * e.stride
-        e.mm[off:off + n] = packed
+        index = slots.pop()
+        m = meta + (index << 2)
+        off = data + index * stride
+        mm[off:off + n] = packed
         u[m + 2] = n
         generation = u[m] & generation_mask
         u[m] = generation  # published
         u[m + 1] = allocated_tag
-        return generation << 32 | (e.base + local)
+        return generation << 32 | index
 
     allocate.__doc__ = type(pool).allocate.__doc__
     return allocate
 
 
 def _make_threadlocal_release(pool: ThreadLocalPool):
-    e0 = pool._e0
-    u, cap, meta = e0.u, e0.cap, e0.meta_w
+    e = pool._e0
+    u, cap, meta = e.u, e.cap, e.meta_w
     local_state, magazine_of, drain, batch = pool._local, pool._magazine, pool._drain, pool._batch
     cached_tag, general = pool._cached_tag, type(pool).release.__get__(pool)
     unreadable, last = L.UNREADABLE, L.MAX_SLOT_GENERATION
@@ -260,9 +261,9 @@ def _make_threadlocal_release(pool: ThreadLocalPool):
     def release(handle: int) -> None:
         if type(handle) is not int or handle & _MASK >= cap or not _HANDLE_MIN <= handle < _HANDLE_LIMIT:
             return general(handle)
-        local = handle & _MASK
+        index = handle & _MASK
         generation = handle >> 32
-        m = meta + (local << 2)
+        m = meta + (index << 2)
         if u[m] != generation:
             return general(handle)
         # Cached first: a crash in between leaves a cached slot with a readable
@@ -273,10 +274,11 @@ def _make_threadlocal_release(pool: ThreadLocalPool):
             magazine = local_state.magazine
         except AttributeError:
             magazine = magazine_of()
-        magazine.slots.append((e0, local))
+        slots = magazine.slots
+        slots.append(index)
         magazine.deallocations += 1
-        if len(magazine.slots) > 2 * batch:
-            drain(magazine, len(magazine.slots) - batch)
+        if len(slots) > 2 * batch:
+            drain(magazine, len(slots) - batch)
 
     release.__doc__ = type(pool).release.__doc__
     return release

@@ -574,15 +574,19 @@ class SharedPool:
             raise self._bad_handle(handle) from None
         if not 0 < generation <= L.MAX_SLOT_GENERATION or type(handle) is not int:
             raise self._bad_handle(handle)
+        located = self._extent_of(index)
+        if located is None:
+            raise self._bad_handle(handle)
+        return located
+
+    def _extent_of(self, index: int) -> tuple[Extent, int] | None:
+        """(extent, local index) of a pool-wide slot index, mapping new extents as needed."""
         e = self._e0
         if index < e.cap:
             return e, index
         self._map_new_extents()
-        number = bisect.bisect_right(self._bases, index) - 1
-        e = self._extents[number]
-        if index - e.base >= e.cap:
-            raise self._bad_handle(handle)
-        return e, index - e.base
+        e = self._extents[bisect.bisect_right(self._bases, index) - 1]
+        return (e, index - e.base) if index - e.base < e.cap else None
 
     def _check_open(self) -> None:
         if self._closed:

@@ -8,21 +8,33 @@ from typing import Any
 
 from . import _fastpath
 from . import _layout as L
-from ._extent import Extent
 from .config import PoolConfig
 from .pool import SharedPool, _live_state
 
 
 class _Magazine:
-    """Free slots one thread took from the shared free list, plus counters not yet published."""
+    """Free slots (pool-wide indices) one thread took from the shared free lists.
 
-    __slots__ = ("slots", "allocations", "deallocations", "thread")
+    Its counters not yet published: releases into it, and `baseline`, what its
+    length would be had nothing been allocated from it since the last publish.
+    So allocations = baseline + deallocations - len(slots), and an allocate
+    costs no counter update at all.
+    """
+
+    __slots__ = ("slots", "baseline", "deallocations", "thread")
 
     def __init__(self) -> None:
-        self.slots: list[tuple[Extent, int]] = []
-        self.allocations = 0
+        self.slots: list[int] = []
+        self.baseline = 0
         self.deallocations = 0
         self.thread = weakref.ref(threading.current_thread())
+
+    def unpublished_allocations(self) -> int:
+        return self.baseline + self.deallocations - len(self.slots)
+
+    def thread_alive(self) -> bool:
+        thread = self.thread()
+        return thread is not None and thread.is_alive()
 
 
 class ThreadLocalPool(SharedPool):
@@ -70,13 +82,13 @@ class ThreadLocalPool(SharedPool):
         magazine = self._local.magazine = _Magazine()
         # Adopt the slots of threads that ended since, so they are not stranded.
         for old in self._magazines:
-            if old.thread() is None or not old.thread().is_alive():
+            if not old.thread_alive():
                 magazine.slots.extend(old.slots)
-                magazine.allocations += old.allocations
+                magazine.baseline += old.baseline
                 magazine.deallocations += old.deallocations
                 old.slots.clear()
-                old.allocations = old.deallocations = 0
-        self._magazines = [m for m in self._magazines if m.thread() is not None and m.thread().is_alive()]
+                old.baseline = old.deallocations = 0
+        self._magazines = [m for m in self._magazines if m.thread_alive()]
         self._magazines.append(magazine)
         return magazine
 
@@ -90,8 +102,7 @@ class ThreadLocalPool(SharedPool):
         magazine = self._magazine()
         if not magazine.slots:
             self._refill(magazine)
-        e, local = magazine.slots.pop()
-        magazine.allocations += 1
+        e, local = self._extent_of(magazine.slots.pop())
         return self._write_new(e, local, data)
 
     def release(self, handle: int) -> None:
@@ -107,28 +118,31 @@ class ThreadLocalPool(SharedPool):
         # old value, which recovery frees; never "allocated but unreadable".
         u[m + 1] = self._cached_tag
         u[m] = L.next_generation(generation) | L.UNREADABLE
-        try:
-            magazine = self._local.magazine
-        except AttributeError:
-            magazine = self._magazine()
-        magazine.slots.append((e, local))
+        self._keep(e.base + local)
+
+    def _keep(self, index: int) -> None:
+        """Put a released slot in this thread's magazine; drain it when it is too full."""
+        magazine = self._magazine()
+        magazine.slots.append(index)
         magazine.deallocations += 1
         if len(magazine.slots) > 2 * self._batch:
             self._drain(magazine, len(magazine.slots) - self._batch)
 
     def _refill(self, magazine: _Magazine) -> None:
-        """Take up to batch_size slots from the shared free list (PoolExhausted if none)."""
+        """Take up to batch_size slots from the shared free lists (PoolExhausted if none)."""
         taken = self._take_many(self._batch, self._cached_tag, minimum=1, counts_as_allocation=False,
                                 also_locked=lambda: self._publish_locked(magazine))
-        taken.reverse()  # pop() hands out the lowest index first
-        magazine.slots.extend(taken)
+        magazine.slots.extend(e.base + local for e, local in reversed(taken))  # pop() takes the lowest first
+        magazine.baseline += len(taken)
 
     def _drain(self, magazine: _Magazine, count: int) -> None:
-        """Give `count` cached slots back to the shared free list under one lock acquisition."""
+        """Give `count` cached slots back to the shared free lists under one lock acquisition."""
         giving = magazine.slots[:count]
         del magazine.slots[:count]
+        magazine.baseline -= count
         with self._lock:
-            for e, local in giving:
+            for index in giving:
+                e, local = self._extent_of(index)
                 u = e.u
                 u[e.meta_w + (local << 2) + 1] = L.FREE
                 top = u[e.top_w]
@@ -139,16 +153,17 @@ class ThreadLocalPool(SharedPool):
     def _publish_locked(self, magazine: _Magazine) -> None:
         """Add a magazine's counters to the shared ones (lock held)."""
         q = self._q
-        q[L.HDR_ALLOCATIONS] += magazine.allocations
+        q[L.HDR_ALLOCATIONS] += magazine.unpublished_allocations()
         q[L.HDR_DEALLOCATIONS] += magazine.deallocations
         used = L.in_use(q)
         if used > q[L.HDR_PEAK]:
             q[L.HDR_PEAK] = used
-        magazine.allocations = magazine.deallocations = 0
+        magazine.baseline = len(magazine.slots)
+        magazine.deallocations = 0
 
     def statistics(self):  # noqa: ANN201 - same as the base
         """A snapshot of the shared counters, after publishing this process's own."""
-        if not self._closed and any(m.allocations or m.deallocations for m in self._magazines):
+        if not self._closed and any(m.unpublished_allocations() or m.deallocations for m in self._magazines):
             with self._lock:
                 for magazine in self._magazines:
                     self._publish_locked(magazine)
@@ -160,6 +175,6 @@ class ThreadLocalPool(SharedPool):
 
     def _before_close(self) -> None:
         for magazine in self._magazines:
-            if magazine.slots or magazine.allocations or magazine.deallocations:
+            if magazine.slots or magazine.unpublished_allocations() or magazine.deallocations:
                 self._drain(magazine, len(magazine.slots))
         self._reset_magazines()
