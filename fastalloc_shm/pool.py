@@ -481,7 +481,11 @@ class SharedPool:
         minimum = count if minimum is None else minimum
         with self._lock:
             while len(taken) < count:
-                e = self._extent_with_room_locked()
+                try:
+                    e = self._extent_with_room_locked()
+                except BaseException:  # growth failed (no room, a bad growth function): all or nothing
+                    self._unwind_locked(taken)
+                    raise
                 if e is None:
                     if len(taken) >= minimum:
                         break

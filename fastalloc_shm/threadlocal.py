@@ -169,6 +169,11 @@ class ThreadLocalPool(SharedPool):
                     self._publish_locked(magazine)
         return super().statistics()
 
+    def __len__(self) -> int:
+        """Slots in use now: the shared counters plus this process's unpublished ones."""
+        own = sum(m.unpublished_allocations() - m.deallocations for m in self._magazines)
+        return super().__len__() + own
+
     def cached(self) -> int:
         """Slots held in this process's magazines now."""
         return sum(len(m.slots) for m in self._magazines)
