@@ -15,7 +15,7 @@ class Extent:
     segment of its own, which this object then owns.
     """
 
-    __slots__ = ("number", "base", "cap", "stride", "u", "q", "mm", "top_w", "fresh_w", "meta_w", "fl_w", "data",
+    __slots__ = ("number", "base", "cap", "stride", "u", "q", "mm", "view", "top_w", "fresh_w", "meta_w", "fl_w", "data",
                  "segment", "owns_segment", "geometry", "offset")
 
     def __init__(self, number: int, base: int, segment: Segment, offset: int, u32: memoryview,
@@ -30,6 +30,7 @@ class Extent:
         self.geometry = geometry
         self.offset = offset
         self.mm: mmap.mmap = segment.mm
+        self.view = memoryview(segment.mm)
         self.u = u32
         # The same bytes as u64 words: slot metadata is read and written in pairs.
         self.q = u32.cast("B").cast("Q")
@@ -64,6 +65,7 @@ class Extent:
     def close(self) -> None:
         """Drop the views; close the segment if this extent owns it."""
         self.q.release()
+        self.view.release()
         if self.owns_segment:
             self.u.release()
             self.segment.close()

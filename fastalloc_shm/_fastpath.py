@@ -26,7 +26,10 @@ if TYPE_CHECKING:
     from .pool import SharedPool
     from .threadlocal import ThreadLocalPool
 
-HOT_METHODS = ("allocate", "get", "release")
+HOT_METHODS = ("allocate", "get", "set", "release")
+# Values shorter than this are copied out of the slot before unpacking (cheaper
+# for small ones); longer ones are unpacked in place.
+_COPY_BELOW = 1024
 _MASK = 0xFFFFFFFF
 _FAULTS = _fault.ACTIVE
 # Handles this layout issues have generations in 1..2**31-1; any other int is
@@ -45,20 +48,22 @@ def unbind(pool: SharedPool) -> None:
 def bind(pool: SharedPool) -> None:
     """Install allocate/get/release closures for `pool`'s extent 0."""
     pool.get = _make_get(pool)
+    pool.set = _make_set(pool)
     pool.allocate = _make_allocate(pool)
     pool.release = _make_release(pool)
 
 
 def bind_threadlocal(pool: ThreadLocalPool) -> None:
-    """ThreadLocalPool: get as any pool; allocate/release through the magazine."""
+    """ThreadLocalPool: get and set as any pool; allocate/release through the magazine."""
     pool.get = _make_get(pool)
+    pool.set = _make_set(pool)
     pool.allocate = _make_threadlocal_allocate(pool)
     pool.release = _make_threadlocal_release(pool)
 
 
 def _make_get(pool: SharedPool):
     e = pool._e0
-    u, mm, cap, meta, data, stride = e.u, e.mm, e.cap, e.meta_w, e.data, e.stride
+    u, mm, view, cap, meta, data, stride = e.u, e.mm, e.view, e.cap, e.meta_w, e.data, e.stride
     general = type(pool).get.__get__(pool)
     unpackb = msgpack.unpackb
 
@@ -71,17 +76,69 @@ def _make_get(pool: SharedPool):
                 generation = handle >> 32
                 if u[m] == generation and not seq & 1:
                     off = data + index * stride
-                    raw = mm[off:off + u[m + 2]]
+                    n = u[m + 2]
+                    # Small values: copy out, then unpack. Large ones: unpack straight from
+                    # shared memory (one copy less) and discard the result if a set() raced.
+                    value = unpackb(mm[off:off + n] if n < _COPY_BELOW else view[off:off + n],
+                                    raw=False, strict_map_key=False)
                     if u[m + 3] == seq and u[m] == generation:
-                        return unpackb(raw, raw=False, strict_map_key=False)
-        except TypeError:
-            pass  # not an int: the general path says so
-        except ValueError as exc:
-            raise _codec.unpack_error(handle, exc) from None
+                        return value
+        except Exception:  # noqa: BLE001 - not an int, torn bytes, a closed pool: the general path says which
+            pass
         return general(handle)
 
     get.__doc__ = type(pool).get.__doc__
     return get
+
+
+def _make_set(pool: SharedPool):
+    u, q, e = pool._u, pool._q, pool._e0
+    mm, cap, meta, data, stride = e.mm, e.cap, e.meta_w, e.data, e.stride
+    gate_acquire, gate_release, sem_acquire, sem_release, wait, state_w = _lock_parts(pool)
+    pack, slot_size, too_large = pool._pack, pool._slot_size, pool._too_large
+    general = type(pool).set.__get__(pool)
+    busy, wants, idle, epoch = posix_ipc.BusyError, L.CLIENT_WANTS, L.CLIENT_IDLE, L.HDR_LOCK_ACQUISITIONS
+
+    def set(handle: int, value: Any) -> None:  # noqa: A001 - the pool method's name
+        if type(handle) is not int or handle & _MASK >= cap or not _HANDLE_MIN <= handle < _HANDLE_LIMIT:
+            return general(handle, value)
+        try:
+            packed = pack(value)
+        except Exception as exc:
+            raise _codec.pack_error(value, exc) from None
+        n = len(packed)
+        if n > slot_size:
+            raise too_large(n)
+        index = handle & _MASK
+        generation = handle >> 32
+        m = meta + (index << 2)
+        gate_acquire()
+        u[state_w] = wants
+        try:
+            sem_acquire(0)
+        except busy:
+            wait()
+        q[epoch] += 1
+        if u[m] != generation:  # stale, torn or garbage: the general path sorts it out
+            sem_release()
+            u[state_w] = idle
+            gate_release()
+            return general(handle, value)
+        seq = u[m + 3] | 1
+        u[m + 3] = seq
+        off = data + index * stride
+        if _FAULTS:
+            mm[off:off + n // 2] = packed[: n // 2]
+            _fault.hit("set.writing")
+        mm[off:off + n] = packed
+        u[m + 2] = n
+        u[m + 3] = (seq + 1) & _MASK
+        sem_release()
+        u[state_w] = idle
+        gate_release()
+
+    set.__doc__ = type(pool).set.__doc__
+    return set
 
 
 def _lock_parts(pool: SharedPool):

@@ -401,18 +401,20 @@ class SharedPool:
     def release_many(self, handles: Iterable[int]) -> None:
         """Release many handles under one lock acquisition. Every handle is checked
         first; if any is stale or invalid, none is released."""
-        located = [(h, *self._locate(h)) for h in handles]
-        if not located:
+        self._check_open()
+        handles = list(handles)
+        if not handles:
             return
+        located = [self._locate(h) for h in handles]
         with self._lock:
-            seen = set()
-            for handle, e, local in located:
-                if _live_state(e.u, e.meta_w + (local << 2), handle >> 32) < 0 or (e.number, local) in seen:
+            if len(set(handles)) != len(handles):
+                raise self._bad_handle(next(h for h in handles if handles.count(h) > 1))
+            for handle, (e, local) in zip(handles, located, strict=True):
+                if _live_state(e.u, e.meta_w + (local << 2), handle >> 32) < 0:
                     raise self._bad_handle(handle)
-                seen.add((e.number, local))
-            for handle, e, local in located:
+            for handle, (e, local) in zip(handles, located, strict=True):
                 self._free_locked(e, local, handle >> 32)
-            self._q[L.HDR_DEALLOCATIONS] += len(located)
+            self._q[L.HDR_DEALLOCATIONS] += len(handles)
 
     @contextmanager
     def borrowed(self, value: Any) -> Iterator[int]:
@@ -533,7 +535,7 @@ class SharedPool:
         top = u[e.top_w]
         u[e.fl_w + top] = local
         u[e.top_w] = top + 1
-        if e.number < self._q[L.HDR_FREE_HINT]:
+        if e.number and e.number < self._q[L.HDR_FREE_HINT]:
             self._q[L.HDR_FREE_HINT] = e.number
 
     def _unwind_locked(self, taken: list[tuple[Extent, int]]) -> None:
