@@ -16,6 +16,7 @@ from __future__ import annotations
 import bisect
 import mmap
 import os
+import struct
 import time
 import weakref
 from array import array
@@ -640,20 +641,16 @@ class SharedPool:
         raise ConfigError(f"reset: pool {self._name!r} has no reset_fn(create, reset) or initializer; acquire() needs one")
 
     def _pre_initialize(self) -> None:
-        """Fill every slot of extent 0 with initializer() and make all of them free."""
+        """Fill every slot of extent 0 with the initializer's value and make all of them free.
+
+        A slot holds a packed copy, so the initializer is called once and its bytes
+        are written to every slot in bulk (which also faults every page in)."""
         init = _callables.as_callable(self._config.initializer, "initializer")
         e = self._e0
-        meta = e.meta_bytes()
-        words = meta.cast("I")
-        for local in range(e.cap):
-            data = self._pack_checked(init())
-            off = e.data + local * e.stride
-            e.mm[off:off + len(data)] = data
-            m = local << 2
-            words[m] = 1 | _UNREADABLE
-            words[m + 2] = len(data)
-        words.release()
-        meta.release()
+        data = self._pack_checked(init())
+        e.view[e.data:e.data + e.cap * e.stride] = (data + bytes(e.stride - len(data))) * e.cap
+        slot_meta = struct.pack("<4I", 1 | _UNREADABLE, L.FREE, len(data), 0)
+        e.meta_bytes()[:] = slot_meta * e.cap
         e.free_list_bytes()[:] = array("I", range(e.cap - 1, -1, -1)).tobytes()
         e.u[e.top_w] = e.cap
         e.u[e.fresh_w] = e.cap
