@@ -31,7 +31,8 @@ from . import _layout as L
 from . import _segment as seg
 from ._extent import Extent
 from ._growth import add_extent_locked
-from ._liveness import is_alive, start_ticks
+from ._header import HalfCreated, open_ready
+from ._liveness import start_ticks
 from ._lock import ClientInfo, FileLock, RobustLock, read_clients
 from .config import PoolConfig
 from .errors import (
@@ -54,8 +55,6 @@ _MASK = 0xFFFFFFFF
 _unpackb = msgpack.unpackb
 _FAULTS = _fault.ACTIVE
 _UNREADABLE, _GENERATION_MASK = L.UNREADABLE, L.GENERATION_MASK
-# How long attach waits for a concurrent creator to finish.
-READY_TIMEOUT = 5.0
 # Bounded retries of a lock-free get() racing a set() on the same slot.
 READ_RETRIES = 10_000
 
@@ -120,7 +119,7 @@ class SharedPool:
                     ) from None
             try:
                 pool = cls.attach(name)
-            except _HalfCreated:
+            except HalfCreated:
                 unlink(name)
                 continue
             except PoolNotFound:
@@ -194,7 +193,7 @@ class SharedPool:
     def attach(cls, name: str) -> SharedPool:
         """Attach the existing pool `name` from any process."""
         name = _names.validate(name)
-        segment, cfg, kind = _open_ready(name)
+        segment, cfg, kind = open_ready(name)
         pool_cls = cls
         if cls is SharedPool:
             from .kinds import POOL_KINDS
@@ -406,16 +405,23 @@ class SharedPool:
         handles = list(handles)
         if not handles:
             return
+        if len(set(handles)) != len(handles):
+            raise self._bad_handle(next(h for h in handles if handles.count(h) > 1))
         located = [self._locate(h) for h in handles]
         with self._lock:
-            if len(set(handles)) != len(handles):
-                raise self._bad_handle(next(h for h in handles if handles.count(h) > 1))
             for handle, (e, local) in zip(handles, located, strict=True):
-                if _live_state(e.u, e.meta_w + (local << 2), handle >> 32) < 0:
+                m = e.meta_w + (local << 2)
+                if e.u[m] != handle >> 32 and _live_state(e.u, m, handle >> 32) < 0:
                     raise self._bad_handle(handle)
             for handle, (e, local) in zip(handles, located, strict=True):
-                self._free_locked(e, local, handle >> 32)
+                u, m = e.u, e.meta_w + (local << 2)
+                u[m] = L.next_generation(handle >> 32) | _UNREADABLE
+                u[m + 1] = L.FREE
+                top = u[e.top_w]
+                u[e.fl_w + top] = local
+                u[e.top_w] = top + 1
             self._q[L.HDR_DEALLOCATIONS] += len(handles)
+            self._q[L.HDR_FREE_HINT] = 0
 
     @contextmanager
     def borrowed(self, value: Any) -> Iterator[int]:
@@ -574,14 +580,9 @@ class SharedPool:
 
     def _locate(self, handle: int) -> tuple[Extent, int]:
         """The extent and local index of a handle's slot; InvalidHandle if it has none."""
-        try:
-            index = handle & _MASK
-            generation = handle >> 32
-        except TypeError:
-            raise self._bad_handle(handle) from None
-        if not 0 < generation <= L.MAX_SLOT_GENERATION or type(handle) is not int:
+        if type(handle) is not int or not 0 < handle >> 32 <= L.MAX_SLOT_GENERATION:
             raise self._bad_handle(handle)
-        located = self._extent_of(index)
+        located = self._extent_of(handle & _MASK)
         if located is None:
             raise self._bad_handle(handle)
         return located
@@ -885,10 +886,6 @@ class FixedPool(SharedPool):
     kind = "fixed"
 
 
-class _HalfCreated(PoolNotFound):
-    """A segment whose creator died before marking it ready."""
-
-
 _NOTHING = object()
 
 
@@ -912,77 +909,6 @@ def _build_config(capacity: int | None, slot_size: int | None, config: PoolConfi
         return PoolConfig(**values)
     except TypeError as exc:
         raise ConfigError(f"{exc}; see PoolConfig for the fields") from None
-
-
-def _open_ready(name: str) -> tuple[seg.Segment, PoolConfig, str]:
-    """Open the main segment, wait for its creator to mark it ready, and validate it."""
-    what = f"pool {name!r}"
-    posix_name = _names.segment(name)
-    deadline = time.monotonic() + READY_TIMEOUT
-    while True:
-        segment = seg.open_segment(posix_name, what)
-        try:
-            verdict = _check_header(segment, what)
-        except BaseException:
-            segment.close()
-            raise
-        if verdict is not None:
-            return segment, *verdict
-        creator = _creator_of(segment)
-        segment.close()
-        if creator is not None and not is_alive(*creator):
-            raise _HalfCreated(f"{what}: its creator (pid {creator[0]}) died before finishing; unlink it and create it again")
-        if time.monotonic() >= deadline:
-            raise IncompatiblePool(f"{what}: not ready after {READY_TIMEOUT} s; is its creator stuck?")
-        time.sleep(0.002)
-
-
-def _creator_of(segment: seg.Segment) -> tuple[int, int] | None:
-    if segment.mm is None or segment.size < L.HEADER_SIZE:
-        return None
-    q = memoryview(segment.mm).cast("Q")
-    try:
-        return (q[L.HDR_CREATOR_PID], q[L.HDR_CREATOR_START]) if q[L.HDR_CREATOR_PID] else None
-    finally:
-        q.release()
-
-
-def _check_header(segment: seg.Segment, what: str) -> tuple[PoolConfig, str] | None:
-    """(config, kind) of a ready pool segment; None while it is being created."""
-    if segment.size == 0:
-        return None
-    if segment.size < L.HEADER_SIZE or segment.size % 8:
-        raise IncompatiblePool(f"{what}: {segment.posix_name} is {segment.size} bytes, not a fastalloc pool; remove it")
-    q = memoryview(segment.mm).cast("Q")
-    try:
-        if q[L.HDR_MAGIC] == 0 and not q[L.HDR_READY]:
-            return None
-        if q[L.HDR_MAGIC] != L.MAGIC:
-            raise IncompatiblePool(f"{what}: {segment.posix_name} is not a fastalloc pool (bad magic); remove it")
-        if q[L.HDR_VERSION] != L.LAYOUT_VERSION:
-            raise IncompatiblePool(
-                f"{what}: layout version {q[L.HDR_VERSION]}, this library reads version {L.LAYOUT_VERSION}; "
-                "use the fastalloc-shm version that created it"
-            )
-        if not q[L.HDR_READY]:
-            return None
-        kind = L.KIND_NAMES.get(q[L.HDR_KIND])
-        length = q[L.HDR_CONFIG_LEN]
-        if kind is None or not 0 < length <= L.MAX_CONFIG_BYTES:
-            raise IncompatiblePool(f"{what}: damaged header (kind {q[L.HDR_KIND]}, config length {length})")
-        try:
-            record = msgpack.unpackb(segment.mm[L.CONFIG_OFFSET:L.CONFIG_OFFSET + length], raw=False)
-            cfg = PoolConfig.from_record(record)
-        except (ValueError, KeyError, TypeError, ConfigError) as exc:
-            raise IncompatiblePool(f"{what}: damaged config record ({exc})") from None
-        stride = L.stride_for(cfg.slot_size, cfg.alignment)
-        expected = L.main_segment_size(cfg.capacity, stride, cfg.alignment)
-        if (segment.size != expected or q[L.HDR_SLOT_SIZE] != cfg.slot_size or q[L.HDR_STRIDE] != stride
-                or not 1 <= q[L.HDR_EXTENTS] <= L.MAX_EXTENTS):
-            raise IncompatiblePool(f"{what}: header does not match its segment ({segment.size} bytes); damaged")
-        return cfg, kind
-    finally:
-        q.release()
 
 
 def attach(name: str) -> SharedPool:

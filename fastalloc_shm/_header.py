@@ -1,0 +1,99 @@
+"""Reading a pool's header on attach: wait for its creator, refuse anything foreign.
+
+Creation is exclusive (O_EXCL) and marks the header ready last, so an attacher
+may meet a segment not yet sized, not yet written, or never finished because
+its creator died; and a segment under a pool's name may not be a pool at all,
+or one of another layout version.
+"""
+
+from __future__ import annotations
+
+import time
+
+import msgpack
+
+from . import _layout as L
+from . import _names
+from . import _segment as seg
+from ._liveness import is_alive
+from .config import PoolConfig
+from .errors import ConfigError, IncompatiblePool, PoolNotFound
+
+# How long attach waits for a concurrent creator to finish.
+READY_TIMEOUT = 5.0
+
+
+class HalfCreated(PoolNotFound):
+    """A segment whose creator died before marking it ready."""
+
+
+
+def open_ready(name: str) -> tuple[seg.Segment, PoolConfig, str]:
+    """Open the main segment, wait for its creator to mark it ready, and validate it."""
+    what = f"pool {name!r}"
+    posix_name = _names.segment(name)
+    deadline = time.monotonic() + READY_TIMEOUT
+    while True:
+        segment = seg.open_segment(posix_name, what)
+        try:
+            verdict = check_header(segment, what)
+        except BaseException:
+            segment.close()
+            raise
+        if verdict is not None:
+            return segment, *verdict
+        creator = creator_of(segment)
+        segment.close()
+        if creator is not None and not is_alive(*creator):
+            raise HalfCreated(f"{what}: its creator (pid {creator[0]}) died before finishing; unlink it and create it again")
+        if time.monotonic() >= deadline:
+            raise IncompatiblePool(f"{what}: not ready after {READY_TIMEOUT} s; is its creator stuck?")
+        time.sleep(0.002)
+
+
+def creator_of(segment: seg.Segment) -> tuple[int, int] | None:
+    if segment.mm is None or segment.size < L.HEADER_SIZE:
+        return None
+    q = memoryview(segment.mm).cast("Q")
+    try:
+        return (q[L.HDR_CREATOR_PID], q[L.HDR_CREATOR_START]) if q[L.HDR_CREATOR_PID] else None
+    finally:
+        q.release()
+
+
+def check_header(segment: seg.Segment, what: str) -> tuple[PoolConfig, str] | None:
+    """(config, kind) of a ready pool segment; None while it is being created."""
+    if segment.size == 0:
+        return None
+    if segment.size < L.HEADER_SIZE or segment.size % 8:
+        raise IncompatiblePool(f"{what}: {segment.posix_name} is {segment.size} bytes, not a fastalloc pool; remove it")
+    q = memoryview(segment.mm).cast("Q")
+    try:
+        if q[L.HDR_MAGIC] == 0 and not q[L.HDR_READY]:
+            return None
+        if q[L.HDR_MAGIC] != L.MAGIC:
+            raise IncompatiblePool(f"{what}: {segment.posix_name} is not a fastalloc pool (bad magic); remove it")
+        if q[L.HDR_VERSION] != L.LAYOUT_VERSION:
+            raise IncompatiblePool(
+                f"{what}: layout version {q[L.HDR_VERSION]}, this library reads version {L.LAYOUT_VERSION}; "
+                "use the fastalloc-shm version that created it"
+            )
+        if not q[L.HDR_READY]:
+            return None
+        kind = L.KIND_NAMES.get(q[L.HDR_KIND])
+        length = q[L.HDR_CONFIG_LEN]
+        if kind is None or not 0 < length <= L.MAX_CONFIG_BYTES:
+            raise IncompatiblePool(f"{what}: damaged header (kind {q[L.HDR_KIND]}, config length {length})")
+        try:
+            record = msgpack.unpackb(segment.mm[L.CONFIG_OFFSET:L.CONFIG_OFFSET + length], raw=False)
+            cfg = PoolConfig.from_record(record)
+        except (ValueError, KeyError, TypeError, ConfigError) as exc:
+            raise IncompatiblePool(f"{what}: damaged config record ({exc})") from None
+        stride = L.stride_for(cfg.slot_size, cfg.alignment)
+        expected = L.main_segment_size(cfg.capacity, stride, cfg.alignment)
+        if (segment.size != expected or q[L.HDR_SLOT_SIZE] != cfg.slot_size or q[L.HDR_STRIDE] != stride
+                or not 1 <= q[L.HDR_EXTENTS] <= L.MAX_EXTENTS):
+            raise IncompatiblePool(f"{what}: header does not match its segment ({segment.size} bytes); damaged")
+        return cfg, kind
+    finally:
+        q.release()
