@@ -16,8 +16,6 @@ from pathlib import Path
 
 import msgpack
 import pytest
-from fastalloc_shmd import config as daemon_config
-from fastalloc_shmd.monitor import Warnings, pool_warnings, shm_warnings
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -26,6 +24,8 @@ from fastalloc_shm._protocol import MAX_FRAME, SOCKET_ENV
 from fastalloc_shm.client import DaemonClient, DaemonUnavailable
 from fastalloc_shm.errors import ConfigError, FastallocError, PoolNotFound
 from fastalloc_shm.pool import list_pools
+from fastalloc_shmd import config as daemon_config
+from fastalloc_shmd.monitor import Warnings, pool_warnings, shm_warnings
 
 START_TIMEOUT = 15.0
 STOP_TIMEOUT = 10.0

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from fastalloc_shmd import config as daemon_config
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
