@@ -15,7 +15,7 @@ class Extent:
     segment of its own, which this object then owns.
     """
 
-    __slots__ = ("number", "base", "cap", "stride", "u", "q", "mm", "view", "top_w", "fresh_w", "meta_w", "fl_w", "data",
+    __slots__ = ("number", "base", "cap", "stride", "u", "mm", "view", "top_w", "fresh_w", "meta_w", "fl_w", "data",
                  "segment", "owns_segment", "geometry", "offset")
 
     def __init__(self, number: int, base: int, segment: Segment, offset: int, u32: memoryview,
@@ -32,8 +32,6 @@ class Extent:
         self.mm: mmap.mmap = segment.mm
         self.view = memoryview(segment.mm)
         self.u = u32
-        # The same bytes as u64 words: slot metadata is read and written in pairs.
-        self.q = u32.cast("B").cast("Q")
         first = offset // 4
         self.top_w = first + L.EXT_TOP
         self.fresh_w = first + L.EXT_FRESH
@@ -64,7 +62,6 @@ class Extent:
 
     def close(self) -> None:
         """Drop the views; close the segment if this extent owns it."""
-        self.q.release()
         self.view.release()
         if self.owns_segment:
             self.u.release()

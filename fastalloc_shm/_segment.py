@@ -15,14 +15,11 @@ from __future__ import annotations
 import errno
 import mmap
 import os
-import stat
 
 import posix_ipc
 
 from . import _names
 from .errors import IncompatiblePool, PoolExistsError, PoolNotFound, SharedMemoryFull
-
-SEMAPHORE_TIMEOUT_SUPPORTED = posix_ipc.SEMAPHORE_TIMEOUT_SUPPORTED
 
 
 class Segment:
@@ -106,12 +103,6 @@ def open_segment(posix_name: str, what: str) -> Segment:
 
 def segment_path(posix_name: str) -> str:
     return os.path.join(_names.SHM_DIR, posix_name.lstrip("/"))
-
-
-def segment_owner(posix_name: str) -> tuple[int, int]:
-    """(uid, mode bits) of a segment's file."""
-    st = os.stat(segment_path(posix_name))
-    return st.st_uid, stat.S_IMODE(st.st_mode)
 
 
 def _unlink_quietly(posix_name: str) -> bool:
