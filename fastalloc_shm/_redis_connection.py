@@ -9,6 +9,7 @@ a password; `mask_url` is what reprs show.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -96,23 +97,23 @@ class Connection:
 
     def run(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
         """EVALSHA `script` (loading it on NOSCRIPT); ScriptError for a pool error reply."""
-        try:
+        with self._translated():
             try:
                 return self._client.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
             except NoScriptError:
                 self._client.script_load(script.source)
                 return self._client.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
-        except ResponseError as exc:
-            raise self._response_error(exc) from None
-        except (RedisConnectionError, RedisTimeoutError, RedisClusterException, OSError) as exc:
-            raise self.unavailable(exc) from None
-        except RedisError as exc:
-            raise FastallocError(f"Redis at {self.address} failed: {self._scrub(exc)}") from None
 
     def command(self, *args: Any) -> Any:
         """One plain Redis command, with this library's errors."""
-        try:
+        with self._translated():
             return self._client.execute_command(*args)
+
+    @contextlib.contextmanager
+    def _translated(self) -> Iterator[None]:
+        """redis-py's exceptions as this library's, naming the server, never a password."""
+        try:
+            yield
         except ResponseError as exc:
             raise self._response_error(exc) from None
         except (RedisConnectionError, RedisTimeoutError, RedisClusterException, OSError) as exc:

@@ -13,6 +13,8 @@ import traceback
 
 from fastalloc_shm import FastallocError, PoolExhausted, attach
 
+from .workers import self_checking
+
 # The longest any child waits for the test process or a sibling (seconds).
 WAIT = 30
 
@@ -153,11 +155,6 @@ def acquire_twice(name: str) -> dict:
         return {"pid": os.getpid(), "first": pool.get(first), "second": pool.get(second)}
     finally:
         pool.close()
-
-
-def self_checking(worker: int, n: int) -> dict:
-    """A value that says who wrote it, so a reader can tell it was not overwritten."""
-    return {"worker": worker, "n": n, "check": [worker * 1_000_003 + n] * 4}
 
 
 def _hammer(pool, worker: int, ops: int, seed: int, out: dict) -> None:
