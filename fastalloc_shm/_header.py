@@ -28,13 +28,13 @@ class HalfCreated(PoolNotFound):
 
 
 
-def open_ready(name: str) -> tuple[seg.Segment, PoolConfig, str]:
-    """Open the main segment, wait for its creator to mark it ready, and validate it."""
+def open_ready(name: str, trusted: frozenset[int]) -> tuple[seg.Segment, PoolConfig, str]:
+    """Open the main segment (owned by a uid in `trusted`), wait for its creator to mark it ready, and validate it."""
     what = f"pool {name!r}"
     posix_name = _names.segment(name)
     deadline = time.monotonic() + READY_TIMEOUT
     while True:
-        segment = seg.open_segment(posix_name, what)
+        segment = seg.open_segment(posix_name, what, trusted)
         try:
             verdict = check_header(segment, what)
         except BaseException:
@@ -82,8 +82,10 @@ def check_header(segment: seg.Segment, what: str) -> tuple[PoolConfig, str] | No
             return None
         kind = L.KIND_NAMES.get(q[L.HDR_KIND])
         length = q[L.HDR_CONFIG_LEN]
-        if kind is None or not 0 < length <= L.MAX_CONFIG_BYTES:
-            raise IncompatiblePool(f"{what}: damaged header (kind {q[L.HDR_KIND]}, config length {length})")
+        if kind is None or not 0 < length <= L.MAX_CONFIG_BYTES or not q[L.HDR_POOL_ID]:
+            raise IncompatiblePool(
+                f"{what}: damaged header (kind {q[L.HDR_KIND]}, config length {length}, pool id {q[L.HDR_POOL_ID]})"
+            )
         try:
             record = msgpack.unpackb(segment.mm[L.CONFIG_OFFSET:L.CONFIG_OFFSET + length], raw=False)
             cfg = PoolConfig.from_record(record)

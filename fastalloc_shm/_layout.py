@@ -92,7 +92,11 @@ HDR_EXTENTS = 10
 HDR_FREE_HINT = 11
 HDR_CONFIG_LEN = 12
 HDR_FLAGS = 13
-# Statistics counters; current usage is allocations - deallocations.
+# Random, per incarnation of a pool; also in its semaphore's name (see _names.semaphore).
+HDR_POOL_ID = 14
+# Slots in use when reset_statistics() zeroed the counters (the crate's reset keeps usage true).
+HDR_USAGE_AT_RESET = 15
+# Statistics counters; current usage is HDR_USAGE_AT_RESET + allocations - deallocations.
 HDR_ALLOCATIONS = 16
 HDR_DEALLOCATIONS = 17
 HDR_PEAK = 18
@@ -174,7 +178,7 @@ def total_deallocations(header: memoryview) -> int:
 
 def in_use(header: memoryview) -> int:
     """Slots allocated now, from the counters."""
-    return total_allocations(header) - total_deallocations(header)
+    return header[HDR_USAGE_AT_RESET] + total_allocations(header) - total_deallocations(header)
 
 
 def align_up(value: int, alignment: int) -> int:

@@ -15,8 +15,8 @@ from .errors import ConfigError
 PREFIX = "fastalloc."
 SHM_DIR = "/dev/shm"
 # Linux: a /dev/shm entry is a file name (NAME_MAX 255). The semaphore's file
-# is "sem." + PREFIX + name + ".lock" and an extent "PREFIX + name + .x<k>";
-# 200 leaves room for both.
+# is "sem." + PREFIX + name + "." + 16 hex digits of the pool id + ".lock" and
+# an extent "PREFIX + name + .x<k>"; 200 leaves room for both.
 MAX_NAME_LENGTH = 200
 # macOS caps the whole POSIX IPC name (PSHMNAMLEN) at 31 bytes.
 MACOS_MAX_IPC_NAME = 31
@@ -32,7 +32,7 @@ def validate(name: str) -> str:
         raise ConfigError(f"name: {name!r} is reserved (it looks like a lock or extent name)")
     limit = MAX_NAME_LENGTH
     if sys.platform == "darwin":
-        limit = MACOS_MAX_IPC_NAME - len("/" + PREFIX + ".lock")
+        limit = MACOS_MAX_IPC_NAME - len(semaphore("", 0))
     if len(name) > limit:
         raise ConfigError(
             f"name: {name!r} has {len(name)} characters; at most {limit} fit on {sys.platform}"
@@ -51,9 +51,17 @@ def extent(name: str, number: int) -> str:
     return f"/{PREFIX}{name}.x{number}"
 
 
-def semaphore(name: str) -> str:
-    """POSIX name of the pool's lock semaphore."""
-    return f"/{PREFIX}{name}.lock"
+def semaphore(name: str, pool_id: int) -> str:
+    """POSIX name of the lock semaphore of the pool `name` whose header records `pool_id`.
+
+    The id makes the semaphore of one incarnation of a pool distinct from that
+    of the next: an unlinker removes only the one of the segment it removed."""
+    return f"/{PREFIX}{name}.{pool_id:016x}.lock"
+
+
+def semaphore_path(posix_name: str) -> str:
+    """Where Linux keeps a named semaphore."""
+    return f"{SHM_DIR}/sem.{posix_name.lstrip('/')}"
 
 
 def pool_of_entry(entry: str) -> str | None:

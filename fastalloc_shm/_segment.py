@@ -18,7 +18,8 @@ import os
 
 import posix_ipc
 
-from . import _names
+from . import _layout as L
+from . import _names, _trust
 from .errors import IncompatiblePool, PoolExistsError, PoolNotFound, SharedMemoryFull
 
 
@@ -84,8 +85,8 @@ def create_segment(posix_name: str, size: int, mode: int, what: str) -> Segment:
         raise
 
 
-def open_segment(posix_name: str, what: str) -> Segment:
-    """Map an existing segment at its current size."""
+def open_segment(posix_name: str, what: str, trusted: frozenset[int]) -> Segment:
+    """Map an existing segment at its current size, if a trusted uid owns it (checked before mapping)."""
     try:
         shm = posix_ipc.SharedMemory(posix_name)
     except posix_ipc.ExistentialError as exc:
@@ -93,12 +94,19 @@ def open_segment(posix_name: str, what: str) -> Segment:
     except posix_ipc.PermissionsError as exc:
         raise PoolNotFound(f"{what}: {posix_name} exists but this user may not open it ({exc})") from exc
     fd = shm.fd
-    size = os.fstat(fd).st_size
     try:
-        return Segment(posix_name, fd, size)
+        st = os.fstat(fd)
+        _trust.check_owner(st.st_uid, segment_path(posix_name), what, trusted)
+        return Segment(posix_name, fd, st.st_size)
     except (OSError, ValueError) as exc:
         os.close(fd)
         raise IncompatiblePool(f"{what}: cannot map {posix_name} ({exc})") from exc
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+
 
 
 def segment_path(posix_name: str) -> str:
@@ -110,6 +118,41 @@ def _unlink_quietly(posix_name: str) -> bool:
         posix_ipc.unlink_shared_memory(posix_name)
         return True
     except posix_ipc.ExistentialError:
+        return False
+
+
+def unlink_segment_with_id(posix_name: str) -> tuple[bool, int | None]:
+    """Remove a main segment; (whether it existed, the pool id its header records or None).
+
+    The id is read through an fd of the very file removed: if the name was
+    replaced between the read and the removal, nothing is removed."""
+    path = segment_path(posix_name)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False, None
+    except OSError:
+        return _unlink_quietly(posix_name), None  # not readable to us (or not a file): remove the name only
+    try:
+        st = os.fstat(fd)
+        head = os.pread(fd, 8 * (L.HDR_POOL_ID + 1), 0) if st.st_size >= L.HEADER_SIZE else b""
+        words = memoryview(head).cast("Q") if len(head) == 8 * (L.HDR_POOL_ID + 1) else None
+        pool_id = words[L.HDR_POOL_ID] if words is not None and words[L.HDR_MAGIC] == L.MAGIC else 0
+        try:
+            if os.lstat(path).st_ino != st.st_ino:
+                return False, None
+        except FileNotFoundError:
+            return False, None
+        return _unlink_quietly(posix_name), pool_id or None
+    finally:
+        os.close(fd)
+
+
+def still_named(segment: Segment) -> bool:
+    """True while `segment`'s name refers to the very segment mapped (not unlinked, not replaced)."""
+    try:
+        return os.lstat(segment_path(segment.posix_name)).st_ino == os.fstat(segment.fd).st_ino
+    except FileNotFoundError:
         return False
 
 
@@ -126,19 +169,28 @@ def create_semaphore(posix_name: str, mode: int) -> posix_ipc.Semaphore:
     except posix_ipc.ExistentialError:
         unlink_semaphore(posix_name)
         sem = posix_ipc.Semaphore(posix_name, posix_ipc.O_CREX, mode=mode, initial_value=1)
-    path = os.path.join(_names.SHM_DIR, "sem." + posix_name.lstrip("/"))
+    path = _names.semaphore_path(posix_name)
     if os.path.exists(path):
         os.chmod(path, mode)
     return sem
 
 
-def open_semaphore(posix_name: str, what: str) -> posix_ipc.Semaphore:
+def open_semaphore(posix_name: str, what: str, trusted: frozenset[int]) -> posix_ipc.Semaphore:
+    """Open the pool's lock if a trusted uid owns it (a semaphore has no fd: its file is checked)."""
     try:
-        return posix_ipc.Semaphore(posix_name)
+        sem = posix_ipc.Semaphore(posix_name)
     except posix_ipc.ExistentialError as exc:
         raise IncompatiblePool(f"{what}: its lock {posix_name} is missing; unlink the pool and create it again") from exc
     except posix_ipc.PermissionsError as exc:
         raise PoolNotFound(f"{what}: this user may not open its lock ({exc})") from exc
+    # Checked after opening: in the sticky /dev/shm nobody else can replace a file
+    # we own, so the file checked is the semaphore opened.
+    try:
+        _trust.check_path(_names.semaphore_path(posix_name), f"{what}: lock", trusted)
+    except BaseException:
+        sem.close()
+        raise
+    return sem
 
 
 def unlink_semaphore(posix_name: str) -> bool:

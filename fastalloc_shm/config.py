@@ -188,13 +188,35 @@ class PoolConfig:
 
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> PoolConfig:
-        """Rebuild a config read from a header (callables stay import paths)."""
+        """Rebuild a config read from a header or a request. Callables stay import paths and
+        are not imported here: a record is data, and importing a module can run its code."""
         values = dict(record)
         values["growth_strategy"] = GrowthStrategy.from_record(values["growth_strategy"])
         reset = values.get("reset")
-        values["reset"] = tuple(reset) if reset and None not in reset else None
-        values["pre_initialize"] = values["pre_initialize"] and values.get("initializer") is not None
-        return cls(**values)
+        reset = tuple(reset) if reset and None not in reset else None
+        initializer = values.get("initializer")
+        for field_name, path in (("initializer", initializer), *(("reset", p) for p in reset or ())):
+            if path is not None and (not isinstance(path, str) or ":" not in path):
+                raise ConfigError(f"{field_name}: {path!r} is not of the form 'module:qualname'")
+        pre_initialize = values["pre_initialize"]
+        values.update(initializer=None, reset=None, pre_initialize=False)
+        config = cls(**values)
+        if not isinstance(pre_initialize, bool):
+            raise ConfigError(f"pre_initialize: expected a bool, got {pre_initialize!r}")
+        object.__setattr__(config, "initializer", initializer)
+        object.__setattr__(config, "reset", reset)
+        object.__setattr__(config, "pre_initialize", pre_initialize and initializer is not None)
+        return config
+
+    def first_difference(self, other: PoolConfig) -> str | None:
+        """The first field (in declaration order) where `other` differs, as "field=X, not Y"; None if none.
+
+        Fields compare as a pool records them, so a callable compares by its import path."""
+        mine, theirs = self.to_record(), other.to_record()
+        for key, value in mine.items():
+            if theirs.get(key) != value:
+                return f"{key}={value!r}, not {theirs.get(key)!r}"
+        return None
 
 
 class PoolConfigBuilder:

@@ -14,8 +14,10 @@ fields are read and written through memoryviews bound at attach time.
 from __future__ import annotations
 
 import bisect
+import logging
 import mmap
 import os
+import secrets
 import struct
 import time
 import weakref
@@ -26,7 +28,7 @@ from typing import Any, ClassVar
 
 import msgpack
 
-from . import _callables, _codec, _fastpath, _fault, _names
+from . import _callables, _codec, _fastpath, _fault, _names, _trust
 from . import _layout as L
 from . import _segment as seg
 from ._extent import Extent
@@ -59,6 +61,7 @@ _UNREADABLE, _GENERATION_MASK = L.UNREADABLE, L.GENERATION_MASK
 READ_RETRIES = 10_000
 
 _open_pools: weakref.WeakSet[SharedPool] = weakref.WeakSet()
+_log = logging.getLogger("fastalloc_shm")
 
 
 def _after_fork_in_child() -> None:
@@ -89,6 +92,7 @@ class SharedPool:
     _q: memoryview | None = None
     _u: memoryview | None = None
     _name = ""
+    _trusted: frozenset[int] = frozenset()
 
     # -- construction -------------------------------------------------------
 
@@ -101,9 +105,13 @@ class SharedPool:
         slot_size: int | None = None,
         config: PoolConfig | None = None,
         exist_ok: bool = False,
+        trusted_uids: Iterable[int] | None = None,
         **overrides: Any,
     ) -> SharedPool:
         """Create the pool `name` (exclusively), or attach it when `exist_ok` and compatible.
+
+        An existing pool is attached only when its owner is trusted (see `attach`) and its
+        kind and every config field match; otherwise IncompatiblePool names the first difference.
 
         >>> pool = FixedPool.create("jobs", capacity=10_000, slot_size=256)  # doctest: +SKIP
         """
@@ -118,7 +126,7 @@ class SharedPool:
                         f"pool {name!r} exists already; attach it, unlink it first, or pass exist_ok=True"
                     ) from None
             try:
-                pool = cls.attach(name)
+                pool = cls.attach(name, trusted_uids=trusted_uids)
             except HalfCreated:
                 unlink(name)
                 continue
@@ -144,9 +152,12 @@ class SharedPool:
         size = L.main_segment_size(cfg.capacity, stride, cfg.alignment)
         segment = seg.create_segment(_names.segment(name), size, cfg.mode, f"pool {name!r}")
         pool = cls.__new__(cls)
+        pool_id = secrets.randbits(64) or 1
         try:
             q = memoryview(segment.mm).cast("Q")
             q[L.HDR_MAGIC] = L.MAGIC
+            # Before the semaphore exists, so whoever finds the segment can name it (see unlink).
+            q[L.HDR_POOL_ID] = pool_id
             q[L.HDR_CREATOR_PID] = os.getpid()
             q[L.HDR_CREATOR_START] = start_ticks(os.getpid())
             q[L.HDR_VERSION] = L.LAYOUT_VERSION
@@ -161,7 +172,11 @@ class SharedPool:
             q[L.HDR_CONFIG_LEN] = len(record)
             segment.mm[L.CONFIG_OFFSET:L.CONFIG_OFFSET + len(record)] = record
             q.release()
-            sem = seg.create_semaphore(_names.semaphore(name), cfg.mode)
+            sem = seg.create_semaphore(_names.semaphore(name, pool_id), cfg.mode)
+            if not seg.still_named(segment):
+                # An unlink() ran meanwhile and may have read no id yet: the semaphore is ours to remove.
+                seg.unlink_semaphore(_names.semaphore(name, pool_id))
+            pool._trusted = _trust.trusted_uids(())
             pool._open(name, segment, sem, cfg, creating=True)
             if cfg.pre_initialize:
                 pool._pre_initialize()
@@ -174,15 +189,13 @@ class SharedPool:
         return pool
 
     def _check_compatible(self, cfg: PoolConfig) -> None:
-        """create(exist_ok=True) found this pool: it must match what the caller asked for."""
-        mine = self._config
-        for field_name in ("capacity", "slot_size", "alignment"):
-            if getattr(mine, field_name) != getattr(cfg, field_name):
-                self.close()
-                raise IncompatiblePool(
-                    f"pool {self._name!r} exists with {field_name}={getattr(mine, field_name)}, not "
-                    f"{getattr(cfg, field_name)}; unlink it or create it with the same settings"
-                )
+        """create(exist_ok=True) found this pool (of this kind: attach checked): every field must match."""
+        difference = self._config.first_difference(cfg)
+        if difference is not None:
+            self.close()
+            raise IncompatiblePool(
+                f"pool {self._name!r} exists with {difference}; unlink it or create it with the same settings"
+            )
 
     def _discard_half_created(self, segment: seg.Segment) -> None:
         self.close()
@@ -190,10 +203,16 @@ class SharedPool:
         unlink(self._name or segment.posix_name.removeprefix("/" + _names.PREFIX))
 
     @classmethod
-    def attach(cls, name: str) -> SharedPool:
-        """Attach the existing pool `name` from any process."""
+    def attach(cls, name: str, *, trusted_uids: Iterable[int] | None = None) -> SharedPool:
+        """Attach the existing pool `name` from any process.
+
+        Its segments and semaphore must be owned by this process's euid, root, or a uid
+        in `trusted_uids` (default: `$FASTALLOC_TRUSTED_UIDS`, comma-separated); anyone
+        can create a name in /dev/shm first, and a pool's config names callables.
+        """
         name = _names.validate(name)
-        segment, cfg, kind = open_ready(name)
+        trusted = _trust.trusted_uids(trusted_uids)
+        segment, cfg, kind = open_ready(name, trusted)
         pool_cls = cls
         if cls is SharedPool:
             from .kinds import POOL_KINDS
@@ -207,8 +226,10 @@ class SharedPool:
                 f"pool {name!r} is a {POOL_KINDS[kind].__name__}; attach it with that class or fastalloc_shm.attach()"
             )
         pool = pool_cls.__new__(pool_cls)
+        pool._trusted = trusted
         try:
-            sem = seg.open_semaphore(_names.semaphore(name), f"pool {name!r}")
+            pool_id = memoryview(segment.mm).cast("Q")[L.HDR_POOL_ID]
+            sem = seg.open_semaphore(_names.semaphore(name, pool_id), f"pool {name!r}", trusted)
             pool._open(name, segment, sem, cfg, creating=False)
         except BaseException:
             pool.close()
@@ -272,7 +293,7 @@ class SharedPool:
             base_w, cap_w = L.extent_table_words(number)
             base, cap = q[base_w], q[cap_w]
             posix_name = _names.extent(self._name, number)
-            segment = seg.open_segment(posix_name, f"pool {self._name!r} extent {number}")
+            segment = seg.open_segment(posix_name, f"pool {self._name!r} extent {number}", self._trusted)
             ext = Extent(number, base, segment, 0, memoryview(segment.mm).cast("I"), cap, self._stride,
                          self._config.alignment, owns_segment=True)
             if not ext.header_ok():
@@ -570,7 +591,11 @@ class SharedPool:
             if u[e.top_w] or u[e.fresh_w] < e.cap:
                 return e
         q[L.HDR_FREE_HINT] = len(self._extents) - 1
-        return add_extent_locked(self) if self._grows else None
+        if not self._grows:
+            return None
+        if self._config.growth_strategy.kind == "custom":
+            self._check_callable_owner("growth_strategy")
+        return add_extent_locked(self)
 
     def _raise_peak_locked(self) -> None:
         q = self._q
@@ -633,12 +658,25 @@ class SharedPool:
             "if its writer died, run recover()"
         )
 
+    def _check_callable_owner(self, field_name: str) -> None:
+        """Callables named in a segment run in this process: only from a trusted owner (the segment
+        is fstat-ed again now, at the moment of use)."""
+        try:
+            _trust.check_fd(self._segment.fd, seg.segment_path(self._segment.posix_name), f"pool {self._name!r}",
+                            self._trusted)
+        except FastallocError as exc:
+            raise FastallocError(f"{field_name}: not imported or called, the pool's owner is not trusted: {exc}") from None
+
+    def _segment_callable(self, fn: Callable[..., Any] | str, field_name: str) -> Callable[..., Any]:
+        self._check_callable_owner(field_name)
+        return _callables.as_callable(fn, field_name)
+
     def _reset_callables(self) -> tuple[Callable[[], Any], Callable[[Any], Any] | None]:
         cfg = self._config
         if cfg.reset is not None:
-            return (_callables.as_callable(cfg.reset[0], "reset"), _callables.as_callable(cfg.reset[1], "reset"))
+            return self._segment_callable(cfg.reset[0], "reset"), self._segment_callable(cfg.reset[1], "reset")
         if cfg.initializer is not None:
-            return _callables.as_callable(cfg.initializer, "initializer"), None
+            return self._segment_callable(cfg.initializer, "initializer"), None
         raise ConfigError(f"reset: pool {self._name!r} has no reset_fn(create, reset) or initializer; acquire() needs one")
 
     def _pre_initialize(self) -> None:
@@ -646,7 +684,7 @@ class SharedPool:
 
         A slot holds a packed copy, so the initializer is called once and its bytes
         are written to every slot in bulk (which also faults every page in)."""
-        init = _callables.as_callable(self._config.initializer, "initializer")
+        init = self._segment_callable(self._config.initializer, "initializer")
         e = self._e0
         data = self._pack_checked(init())
         e.view[e.data:e.data + e.cap * e.stride] = (data + bytes(e.stride - len(data))) * e.cap
@@ -911,19 +949,27 @@ def _build_config(capacity: int | None, slot_size: int | None, config: PoolConfi
         raise ConfigError(f"{exc}; see PoolConfig for the fields") from None
 
 
-def attach(name: str) -> SharedPool:
-    """Attach the pool `name` as the class its header records.
+def attach(name: str, *, trusted_uids: Iterable[int] | None = None) -> SharedPool:
+    """Attach the pool `name` as the class its header records (owner check: see SharedPool.attach).
 
     >>> pool = attach("jobs")  # doctest: +SKIP
     """
-    return SharedPool.attach(name)
+    return SharedPool.attach(name, trusted_uids=trusted_uids)
 
 
 def unlink(name: str) -> bool:
-    """Remove every system object of pool `name`; False (and nothing done) if there was none."""
+    """Remove every system object of pool `name`; False (and nothing done) if there was none.
+
+    The semaphore removed is the one whose id the removed segment's header records,
+    so a pool created again under this name meanwhile keeps its own."""
     name = _names.validate(name)
-    removed = seg.unlink_segment(_names.segment(name))
-    removed |= seg.unlink_semaphore(_names.semaphore(name))
+    removed, pool_id = seg.unlink_segment_with_id(_names.segment(name))
+    if pool_id is not None:
+        seg.unlink_semaphore(_names.semaphore(name, pool_id))
+    elif removed:
+        _log.warning("pool %r: its segment recorded no pool id (its creator died before writing one, or it was not"
+                     " a pool), so no semaphore was removed with it; a creator dies that early only before making one",
+                     name)
     for posix_name in seg.extent_names_on_disk(name):
         removed |= seg.unlink_segment(posix_name)
     return removed

@@ -2,6 +2,7 @@
 
 import os
 import pickle
+import re
 import stat
 import subprocess
 import sys
@@ -262,7 +263,9 @@ def test_attach_missing_pool_is_not_found(pool_name):
 
 def test_unlink_removes_every_system_object(pool_name):
     p = FixedPool.create(pool_name, capacity=4)
-    assert shm_entries(pool_name) == [f"fastalloc.{pool_name}", f"sem.fastalloc.{pool_name}.lock"]
+    segment, semaphore = shm_entries(pool_name)
+    assert segment == f"fastalloc.{pool_name}"
+    assert re.fullmatch(rf"sem\.fastalloc\.{re.escape(pool_name)}\.[0-9a-f]{{16}}\.lock", semaphore)
     p.unlink()
     assert shm_entries(pool_name) == []
 

@@ -9,6 +9,7 @@ pages, batches.
 import ctypes
 import multiprocessing as mp
 import os
+import re
 import signal
 import statistics
 import subprocess
@@ -104,8 +105,9 @@ def fill_to_exhaustion(pool) -> tuple[list[int], list[int]]:
 
 def shm_entries_of(name: str) -> list[str]:
     """Every /dev/shm entry of pool `name`: main segment, extents, semaphore."""
-    return sorted(e for e in os.listdir("/dev/shm")
-                  if e in (f"fastalloc.{name}", f"sem.fastalloc.{name}.lock") or e.startswith(f"fastalloc.{name}.x"))
+    semaphore = re.compile(rf"sem\.fastalloc\.{re.escape(name)}\.[0-9a-f]{{16}}\.lock")
+    return sorted("sem" if semaphore.fullmatch(e) else e for e in os.listdir("/dev/shm")
+                  if e == f"fastalloc.{name}" or semaphore.fullmatch(e) or e.startswith(f"fastalloc.{name}.x"))
 
 
 def rss() -> int:
@@ -281,7 +283,7 @@ def test_unlink_of_a_grown_pool_leaves_nothing_in_dev_shm(pool_name):
     pool = GrowingPool.create(pool_name, capacity=2, growth_strategy=GrowthStrategy.linear(2))
     run_child(kind_workers.fill, pool_name, 5)  # extents x1, x2 created by the child
     pool.allocate_many(range(5))  # x3, x4 created here
-    assert shm_entries_of(pool_name) == sorted([f"fastalloc.{pool_name}", f"sem.fastalloc.{pool_name}.lock"]
+    assert shm_entries_of(pool_name) == sorted([f"fastalloc.{pool_name}", "sem"]
                                                + [f"fastalloc.{pool_name}.x{k}" for k in range(1, 5)])
     pool.unlink()
     assert shm_entries_of(pool_name) == []

@@ -11,7 +11,7 @@ def test_bad_names_are_refused_before_any_system_call(bad):
 
 def test_every_system_object_carries_the_prefix():
     assert _names.segment("jobs") == "/fastalloc.jobs"
-    assert _names.semaphore("jobs") == "/fastalloc.jobs.lock"
+    assert _names.semaphore("jobs", 0xAB) == "/fastalloc.jobs.00000000000000ab.lock"
     assert _names.extent("jobs", 2) == "/fastalloc.jobs.x2"
 
 
