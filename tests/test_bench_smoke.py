@@ -13,12 +13,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import msgpack
 import psutil
 import pytest
 
+from benchmarks import compiled, headtohead
+from benchmarks.peers import Iceoryx2Peer
 from benchmarks.systems import SYSTEMS
+from benchmarks.values import BYTES100, SMALL
 
-for _module in ("matplotlib", "lmdb", "UltraDict", "shared_memory_dict", "redis"):
+for _module in ("matplotlib", "lmdb", "UltraDict", "shared_memory_dict", "redis", "iceoryx2"):
     pytest.importorskip(_module, reason="needs the bench extra: pip install -e '.[bench]'")
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,9 +67,71 @@ def test_every_system_is_measured(quick_run, system):
         pytest.skip("redis-server is not installed (apt-get install redis-server)")
     assert system not in doc["unavailable"], doc["unavailable"].get(system)
     measured = {r["op"] for r in doc["rows"] if r["system"] == system and r.get("value") is not None}
-    expected = {f"{op}/{kind}" for op in ("allocate", "get", "set", "release", "cycle") for kind in ("small", "4k")}
+    ops = ("cycle",) if system == "iceoryx2" else ("allocate", "get", "set", "release", "cycle")
+    expected = {f"{op}/{kind}" for op in ops for kind in ("small", "bytes100", "4k")}
+    if system in headtohead.CONTENDERS:
+        expected |= {headtohead.op_name(kind) for kind in headtohead.kinds_of(system)}
     errors = [e for e in doc["errors"] if e["system"] == system]
     assert expected <= measured, (sorted(expected - measured), errors)
+
+
+def test_every_target_is_reported_with_its_number(quick_run):
+    _, doc, _ = quick_run
+    unmeasured = [t["text"] for t in doc["targets"] if t["status"] == "not measured"]
+    assert not unmeasured, unmeasured
+    assert all(t["value"] is not None for t in doc["targets"] if t["status"] in ("met", "missed"))
+
+
+def test_compiled_floor_builds_and_is_shared_between_processes():
+    floor_c = compiled.load()
+    name = f"/fabench-floorc-smoke-{os.getpid()}"
+    pool = floor_c.open(name, 4, 128, packb=msgpack.packb, unpackb=msgpack.unpackb)
+    try:
+        held = pool.allocate({"from": "parent"})
+        pid = os.fork()
+        if pid == 0:  # the child attaches by name and leaves one value behind
+            code = 1
+            try:
+                other = floor_c.open(name, packb=msgpack.packb, unpackb=msgpack.unpackb)
+                code = 0 if other.get(held) == {"from": "parent"} and other.allocate({"from": "child"}) != held else 2
+            finally:
+                os._exit(code)
+        assert os.waitpid(pid, 0)[1] == 0
+        assert held == 0, "slot 0 is handed out first"
+        assert [pool.get(0), pool.get(1)] == [{"from": "parent"}, {"from": "child"}]
+        with pytest.raises(ValueError):
+            pool.allocate({"x": "y" * 200})  # larger than the slot
+    finally:
+        pool.close()
+        floor_c.unlink(name)
+    assert not os.path.exists(f"/dev/shm{name}")
+
+
+def test_compiled_floor_without_a_compiler_says_so(monkeypatch):
+    monkeypatch.setenv("CC", "/nonexistent/cc")
+    with pytest.raises(compiled.BuildError, match="no C compiler"):
+        compiled.build()
+
+
+def _iox2_entries() -> set[str]:
+    """iceoryx2's /dev/shm files, less its process-wide registry (kept across nodes by design)."""
+    return {e for e in os.listdir("/dev/shm") if e.startswith("iox2_") and not e.endswith(".global_mgmt")}
+
+
+def test_iceoryx2_peer_runs_cycles_and_removes_its_service():
+    before = _iox2_entries()
+    peer = Iceoryx2Peer(f"fabench/smoke-{os.getpid()}", 128, raw=True)
+    try:
+        assert _iox2_entries() - before, "the service made no files: not the shared-memory transport"
+        assert peer.rep_cycle(BYTES100, 20) > 0
+    finally:
+        peer.close()
+    packed = Iceoryx2Peer(f"fabench/smoke-dict-{os.getpid()}", 128, raw=False)
+    try:
+        assert packed.rep_cycle(SMALL, 20) > 0
+    finally:
+        packed.close()
+    assert _iox2_entries() <= before
 
 
 def test_run_leaves_no_objects_or_servers_behind(quick_run):
