@@ -378,8 +378,23 @@ class Iceoryx2Peer:
         self._publisher = self._service.publisher_builder().initial_max_slice_len(max_len).create()
         self._subscriber = self._service.subscriber_builder().create()
 
+    def round_trip(self, value):
+        """One round trip of ``value``, as rep_cycle does it; what came back (a check that it carries the data)."""
+        import ctypes
+
+        data = value if self.raw else msgpack.packb(value)
+        sample = self._publisher.loan_slice_uninit(len(data))
+        ctypes.memmove(sample.payload_ptr, data, len(data))
+        sample.assume_init().send()
+        got = self._subscriber.receive()
+        try:
+            back = ctypes.string_at(got.payload_ptr, got.header.number_of_elements)
+        finally:
+            got.delete()
+        return back if self.raw else msgpack.unpackb(back)
+
     def rep_cycle(self, value, n: int) -> float:
-        """``n`` round trips of ``value``; the elapsed ns (the clock read around the loop only)."""
+        """``n`` round trips of ``value`` (round_trip inlined); the elapsed ns (the clock read around the loop only)."""
         import ctypes
 
         from .timing import clock

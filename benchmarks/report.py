@@ -306,7 +306,7 @@ def readme_table(t: Table, names: list[str]) -> list[str]:
     for row_, n in zip(rows, members, strict=True):
         one, two = t.get(n, "mp/1"), t.get(n, "mp/2")
         row_ += [_ratio(two / one) if one and two else "—", _fmt(t.get(n, "overhead/1024"), 1, 2)]
-    header = ["system", *(h for k in headtohead.KINDS for h in (f"{KIND_TITLES[k]}, ns", "× floor-c")),
+    header = ["system", *(h for k in headtohead.KINDS for h in (f"cycle, {KIND_TITLES[k]}, ns", "× floor-c")),
               "2 procs / 1", "overhead at 1 KiB, %"]
     return _table(header, rows)
 
@@ -318,7 +318,7 @@ def update_readme(path: Path, table: list[str]) -> str:
     if start not in text or end not in text:
         return f"{path.name} has no {start} … {end} block: the table is in results.md only"
     block = re.compile(re.escape(start) + ".*?" + re.escape(end), re.S)
-    path.write_text(block.sub(lambda _: "\n".join([start, *table, end]), text, count=1))
+    path.write_text(block.sub(lambda _: "\n".join([start, *table]).rstrip("\n") + "\n" + end, text, count=1))
     return f"updated the table in {path}"
 
 
