@@ -46,7 +46,6 @@ class FloorPool:
         self.name = name
         self.owner = owner
         self._sem = sem
-        self.nbytes = shm.size
         self._mmap = mmap.mmap(shm.fd, shm.size)
         shm.close_fd()
         buf = memoryview(self._mmap)

@@ -172,8 +172,6 @@ static void Pool_dealloc(Pool *p) {
     PyObject_Free(p);
 }
 
-static PyObject *Pool_nbytes(Pool *p, void *unused) { return PyLong_FromSize_t(p->size); }
-
 /* open(name, capacity=0, slot_size=0, packb=None, unpackb=None): capacity 0 attaches to an
  * existing segment; otherwise the segment is created (exclusively) and its pages reserved. */
 static PyObject *floor_open(PyObject *m, PyObject *args, PyObject *kw) {
@@ -254,15 +252,12 @@ static PyMethodDef Pool_methods[] = {
     {"close", (PyCFunction)Pool_close, METH_NOARGS, "Unmap in this process."},
     {NULL}};
 
-static PyGetSetDef Pool_getset[] = {{"nbytes", (getter)Pool_nbytes, NULL, "bytes of the segment", NULL}, {NULL}};
-
 static PyTypeObject PoolType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "floor_c.Pool",
     .tp_basicsize = sizeof(Pool),
     .tp_dealloc = (destructor)Pool_dealloc,
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_methods = Pool_methods,
-    .tp_getset = Pool_getset,
 };
 
 static PyMethodDef module_methods[] = {

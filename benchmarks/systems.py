@@ -136,10 +136,6 @@ class FloorStore:
     def worker_spec(self):
         return self.pool.name
 
-    @property
-    def nbytes(self) -> int:
-        return self.pool.nbytes
-
     def close(self) -> None:
         try:
             if self.pool.owner:
