@@ -70,7 +70,8 @@ def _make_get(pool: SharedPool):
     def get(handle: int) -> Any:
         try:
             index = handle & _MASK
-            if index < cap and _HANDLE_MIN <= handle < _HANDLE_LIMIT:
+            # Exactly int, as set() and release() require: one handle rule for every method.
+            if index < cap and _HANDLE_MIN <= handle < _HANDLE_LIMIT and type(handle) is int:
                 m = meta + (index << 2)
                 seq = u[m + 3]
                 generation = handle >> 32
@@ -157,7 +158,7 @@ def _make_allocate(pool: SharedPool):
     general = type(pool).allocate.__get__(pool)
     busy, wants, idle = posix_ipc.BusyError, L.CLIENT_WANTS, L.CLIENT_IDLE
     single, peak, other = L.HDR_SINGLE_ALLOCATIONS, L.HDR_PEAK, L.HDR_LOCK_ACQUISITIONS
-    unreadable, generation_mask = L.UNREADABLE, L.GENERATION_MASK
+    unreadable, generation_mask, in_use = L.UNREADABLE, L.GENERATION_MASK, L.in_use
 
     def allocate(value: Any) -> int:
         try:
@@ -178,13 +179,18 @@ def _make_allocate(pool: SharedPool):
         top = u[top_w]
         if top:
             # Popping extent 0's free list never raises the peak: the list was
-            # empty when the fresh mark last moved, so peak >= fresh >= in use.
+            # empty when the fresh mark last moved, so peak >= fresh >= in use;
+            # unless reset_statistics() restarted the peak at the usage of the time.
             local = u[fl + top - 1]
             m = meta + (local << 2)
             u[m + 1] = writing_tag
             if _FAULTS:
                 _fault.hit("alloc.marked")
             u[top_w] = top - 1
+            if q[peak] < u[fresh_w]:
+                used = in_use(q) + 1  # this allocation is counted below
+                if used > q[peak]:
+                    q[peak] = used
         else:
             local = u[fresh_w]
             if local == cap:  # extent 0 is full: other extents, growth or PoolExhausted
@@ -295,6 +301,9 @@ def _make_threadlocal_allocate(pool: ThreadLocalPool):
         if n > slot_size:
             raise too_large(n)
         index = slots.pop()
+        net = magazine.baseline + magazine.deallocations - len(slots)
+        if net > magazine.high:  # this thread's share of the peak, added when it publishes
+            magazine.high = net
         m = meta + (index << 2)
         off = data + index * stride
         mm[off:off + n] = packed

@@ -247,8 +247,7 @@ class SharedPool:
         self._stride = L.stride_for(cfg.slot_size, cfg.alignment)
         self._q = memoryview(segment.mm).cast("Q")
         self._u = memoryview(segment.mm).cast("I")
-        self._packer = _codec.packer()
-        self._pack = self._packer.pack
+        self._pack = _codec.pack_function()
         self._file_lock = FileLock(seg.segment_path(segment.posix_name))
         self._lock = RobustLock(
             name, sem, self._u, self._q, self._file_lock, cfg.lock_timeout, self._repair_after_takeover,
@@ -311,6 +310,7 @@ class SharedPool:
     @property
     def capacity(self) -> int:
         """Slots the pool has now."""
+        self._check_open()
         return self._q[L.HDR_CAPACITY]
 
     @property
@@ -324,13 +324,14 @@ class SharedPool:
     @property
     def nbytes(self) -> int:
         """Bytes of shared memory the pool occupies (every extent)."""
+        self._check_open()
         self._map_new_extents()
         return self._segment.size + sum(e.segment.size for e in self._extents[1:])
 
     def __len__(self) -> int:
         """Slots in use now."""
-        q = self._q
-        return L.in_use(q)
+        self._check_open()
+        return L.in_use(self._q)
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"capacity={self.capacity}, slot_size={self._slot_size}"
@@ -365,6 +366,7 @@ class SharedPool:
 
     def set(self, handle: int, value: Any) -> None:
         """Replace the value under `handle` in place (readers see old or new, never a mix)."""
+        self._check_open()
         try:
             data = self._pack(value)
         except Exception as exc:
@@ -410,6 +412,7 @@ class SharedPool:
 
     def allocate_many(self, values: Iterable[Any]) -> list[int]:
         """Allocate one slot per value under a single lock acquisition; all or nothing."""
+        self._check_open()
         packed = [self._pack_checked(v) for v in values]
         if not packed:
             return []
@@ -426,9 +429,9 @@ class SharedPool:
         handles = list(handles)
         if not handles:
             return
+        located = [self._locate(h) for h in handles]
         if len(set(handles)) != len(handles):
             raise self._bad_handle(next(h for h in handles if handles.count(h) > 1))
-        located = [self._locate(h) for h in handles]
         with self._lock:
             for handle, (e, local) in zip(handles, located, strict=True):
                 m = e.meta_w + (local << 2)
@@ -447,6 +450,7 @@ class SharedPool:
     @contextmanager
     def borrowed(self, value: Any) -> Iterator[int]:
         """Allocate `value` for the duration of a with-block; released on exit."""
+        self._check_open()
         handle = self.allocate(value)
         try:
             yield handle
@@ -456,6 +460,7 @@ class SharedPool:
     def acquire(self) -> int:
         """A slot without a value from you: `create()` the first time a slot is used,
         `reset(previous)` when it is reused (config.reset), or the pre-initialized value."""
+        self._check_open()
         create, reset = self._reset_callables()
         (e, local), = self._take_many(1, L.WRITING_TAG | self._pid)
         u, m = e.u, e.meta_w + (local << 2)
@@ -520,7 +525,8 @@ class SharedPool:
                     if len(taken) >= minimum:
                         break
                     self._unwind_locked(taken)
-                    self._q[L.HDR_FAILURES] += 1
+                    # One per slot refused, as total_allocations counts one per slot (and RedisPool does).
+                    self._q[L.HDR_FAILURES] += minimum
                     raise self._exhausted(count)
                 while len(taken) < count:
                     local = self._pop_locked(e, tag)
@@ -683,9 +689,14 @@ class SharedPool:
         """Fill every slot of extent 0 with the initializer's value and make all of them free.
 
         A slot holds a packed copy, so the initializer is called once and its bytes
-        are written to every slot in bulk (which also faults every page in)."""
-        init = self._segment_callable(self._config.initializer, "initializer")
+        are written to every slot in bulk (which also faults every page in). Without
+        an initializer (the crate accepts that) the pages are only touched."""
         e = self._e0
+        if self._config.initializer is None:
+            for off in range(e.data, e.data + e.cap * e.stride, mmap.PAGESIZE):
+                e.mm[off] = 0
+            return
+        init = self._segment_callable(self._config.initializer, "initializer")
         data = self._pack_checked(init())
         e.view[e.data:e.data + e.cap * e.stride] = (data + bytes(e.stride - len(data))) * e.cap
         slot_meta = struct.pack("<4I", 1 | _UNREADABLE, L.FREE, len(data), 0)
@@ -707,6 +718,7 @@ class SharedPool:
     @property
     def huge_pages_advised(self) -> bool:
         """True if the kernel accepted the huge-page advice for this pool."""
+        self._check_open()
         return bool(self._q[L.HDR_FLAGS] & L.FLAG_HUGE_PAGES_ADVISED)
 
     # -- errors ---------------------------------------------------------------------
@@ -739,11 +751,12 @@ class SharedPool:
 
     def statistics(self) -> PoolStatistics:
         """A snapshot of the pool's shared counters."""
+        self._check_open()
         q = self._q
         allocations, deallocations = L.total_allocations(q), L.total_deallocations(q)
         return PoolStatistics(
             capacity=q[L.HDR_CAPACITY],
-            current_usage=max(0, allocations - deallocations),
+            current_usage=max(0, L.in_use(q)),
             peak_usage=q[L.HDR_PEAK],
             total_allocations=allocations,
             total_deallocations=deallocations,
@@ -756,25 +769,32 @@ class SharedPool:
         )
 
     def reset_statistics(self) -> None:
-        """Restart the event counters (allocations and deallocations count on from the
-        slots in use now). Capacity, current usage and the peak describe the pool, not
-        events, and stay."""
+        """Zero every counter, as the crate's StatisticsCollector::reset does. Capacity
+        and current usage stay true (they describe the pool, not events); the peak
+        restarts at the current usage."""
+        self._check_open()
         with self._lock:
-            q = self._q
-            in_use = L.in_use(q)
-            for word in (L.HDR_FAILURES, L.HDR_GROWTHS, L.HDR_LOCK_WAIT_NS, L.HDR_LOCK_TIMEOUTS, L.HDR_RECOVERIES,
-                         L.HDR_DEALLOCATIONS, *L.EPOCH_WORDS):
-                q[word] = 0
-            q[L.HDR_ALLOCATIONS] = in_use
+            self._reset_counters_locked()
+
+    def _reset_counters_locked(self) -> None:
+        q = self._q
+        in_use = L.in_use(q)
+        for word in (L.HDR_ALLOCATIONS, L.HDR_DEALLOCATIONS, L.HDR_FAILURES, L.HDR_GROWTHS, L.HDR_LOCK_WAIT_NS,
+                     L.HDR_LOCK_TIMEOUTS, L.HDR_RECOVERIES, *L.EPOCH_WORDS):
+            q[word] = 0
+        q[L.HDR_USAGE_AT_RESET] = in_use
+        q[L.HDR_PEAK] = in_use
 
     def clients(self) -> list[ClientInfo]:
         """Processes attached to the pool, from its client table."""
+        self._check_open()
         return read_clients(self._u)
 
     def recover(self, orphan_policy: str | None = None) -> RecoveryReport:
         """Repair after dead processes: take over a lock a dead process holds,
         rebuild free lists from slot states, return dead magazines and
         half-written slots, and keep (or with "reclaim", free) dead owners' slots."""
+        self._check_open()
         policy = orphan_policy or self._config.orphan_policy
         if policy not in ("keep", "reclaim"):
             raise ConfigError(f"orphan_policy: {policy!r} is not 'keep' or 'reclaim'")
@@ -787,6 +807,7 @@ class SharedPool:
                 dead = self._drop_dead_clients()
             finally:
                 self._file_lock.unlock()
+            free_before = self._free_slots_locked()
             tally = self._rebuild_locked(policy == "reclaim")
             report = RecoveryReport(
                 pool=self._name, orphan_policy=policy,
@@ -794,13 +815,21 @@ class SharedPool:
                 lock_taken_over=taken_over, cached_returned=tally.cached_returned,
                 half_written_freed=tally.half_written_freed, torn_values=tally.torn_values,
                 orphans_kept=tally.orphans_kept, orphans_reclaimed=tally.orphans_reclaimed,
-                corrupt_slots=tally.corrupt_slots, free_list_rebuilt=True,
+                corrupt_slots=tally.corrupt_slots, free_list_rebuilt=self._free_slots_locked() != free_before,
             )
-            if report.repaired and not taken_over and (
-                    tally.cached_returned or tally.half_written_freed or tally.torn_values
-                    or tally.orphans_reclaimed or tally.corrupt_slots):
+            if report.repaired and not taken_over:
                 self._q[L.HDR_RECOVERIES] += 1
         return report
+
+    def _free_slots_locked(self) -> list[tuple[int, frozenset[int]]]:
+        """Per extent, the fresh mark and the set of slots on the free list: the rebuild
+        reorders the list, and only a change in what it holds is a repair."""
+        self._map_new_extents()
+        free = []
+        for e in self._extents:
+            top = min(e.u[e.top_w], e.cap)
+            free.append((e.u[e.fresh_w], frozenset(array("I", e.free_list_bytes()[:4 * top].tobytes()))))
+        return free
 
     def _repair_after_takeover(self) -> None:
         """Called by the lock, holding it, after taking it over from a dead process."""
@@ -839,6 +868,7 @@ class SharedPool:
 
         Writes through it bypass msgpack and the torn-read protection; release()
         the view before close()."""
+        self._check_open()
         e, local = self._locate(handle)
         if _live_state(e.u, e.meta_w + (local << 2), handle >> 32) < 0:
             raise self._bad_handle(handle)

@@ -18,19 +18,27 @@ class _Magazine:
     Its counters not yet published: releases into it, and `baseline`, what its
     length would be had nothing been allocated from it since the last publish.
     So allocations = baseline + deallocations - len(slots), and an allocate
-    costs no counter update at all.
+    costs no shared counter update at all. `high` is the most slots this
+    magazine had out at once (allocations - deallocations) since the last
+    publish, which then adds it to the shared usage to raise the peak.
     """
 
-    __slots__ = ("slots", "baseline", "deallocations", "thread")
+    __slots__ = ("slots", "baseline", "deallocations", "high", "thread")
 
     def __init__(self) -> None:
         self.slots: list[int] = []
         self.baseline = 0
         self.deallocations = 0
+        self.high = 0
         self.thread = weakref.ref(threading.current_thread())
 
     def unpublished_allocations(self) -> int:
         return self.baseline + self.deallocations - len(self.slots)
+
+    def note_high(self) -> None:
+        net = self.unpublished_allocations() - self.deallocations
+        if net > self.high:
+            self.high = net
 
     def thread_alive(self) -> bool:
         thread = self.thread()
@@ -86,8 +94,9 @@ class ThreadLocalPool(SharedPool):
                 magazine.slots.extend(old.slots)
                 magazine.baseline += old.baseline
                 magazine.deallocations += old.deallocations
+                magazine.high += old.high
                 old.slots.clear()
-                old.baseline = old.deallocations = 0
+                old.baseline = old.deallocations = old.high = 0
         self._magazines = [m for m in self._magazines if m.thread_alive()]
         self._magazines.append(magazine)
         return magazine
@@ -103,6 +112,7 @@ class ThreadLocalPool(SharedPool):
         if not magazine.slots:
             self._refill(magazine)
         e, local = self._extent_of(magazine.slots.pop())
+        magazine.note_high()
         return self._write_new(e, local, data)
 
     def release(self, handle: int) -> None:
@@ -127,6 +137,17 @@ class ThreadLocalPool(SharedPool):
         magazine.deallocations += 1
         if len(magazine.slots) > 2 * self._batch:
             self._drain(magazine, len(magazine.slots) - self._batch)
+
+    def _take_many(self, count: int, tag: int, minimum: int | None = None, counts_as_allocation: bool = True,
+                   also_locked: Any = None) -> list[Any]:
+        if counts_as_allocation and also_locked is None:
+            # allocate_many() and acquire() take from the shared free lists, where slots
+            # cached in this thread's magazine are invisible: give those back first.
+            # (Only this thread's: another thread pops its own without a lock.)
+            magazine = self._magazine()
+            if magazine.slots:
+                self._drain(magazine, len(magazine.slots))
+        return super()._take_many(count, tag, minimum, counts_as_allocation, also_locked)
 
     def _refill(self, magazine: _Magazine) -> None:
         """Take up to batch_size slots from the shared free lists (PoolExhausted if none)."""
@@ -153,29 +174,47 @@ class ThreadLocalPool(SharedPool):
     def _publish_locked(self, magazine: _Magazine) -> None:
         """Add a magazine's counters to the shared ones (lock held)."""
         q = self._q
+        peak = L.in_use(q) + magazine.high
         q[L.HDR_ALLOCATIONS] += magazine.unpublished_allocations()
         q[L.HDR_DEALLOCATIONS] += magazine.deallocations
-        used = L.in_use(q)
-        if used > q[L.HDR_PEAK]:
-            q[L.HDR_PEAK] = used
+        peak = max(peak, L.in_use(q))
+        if peak > q[L.HDR_PEAK]:
+            q[L.HDR_PEAK] = min(peak, q[L.HDR_CAPACITY])
         magazine.baseline = len(magazine.slots)
-        magazine.deallocations = 0
+        magazine.deallocations = magazine.high = 0
+
+    def _publish_all_locked(self) -> None:
+        for magazine in self._magazines:
+            self._publish_locked(magazine)
 
     def statistics(self):  # noqa: ANN201 - same as the base
         """A snapshot of the shared counters, after publishing this process's own."""
-        if not self._closed and any(m.unpublished_allocations() or m.deallocations for m in self._magazines):
+        self._check_open()
+        if any(m.unpublished_allocations() or m.deallocations for m in self._magazines):
             with self._lock:
-                for magazine in self._magazines:
-                    self._publish_locked(magazine)
+                self._publish_all_locked()
         return super().statistics()
+
+    def _reset_counters_locked(self) -> None:
+        # Published first: this process's allocations before the reset must not count after it.
+        self._publish_all_locked()
+        super()._reset_counters_locked()
+
+    def _rebuild_locked(self, reclaim: bool):  # noqa: ANN201 - same as the base
+        # The rebuild sets the shared counters from the slot states, which already
+        # show this process's unpublished allocations: publishing them afterwards
+        # (or len() adding them) would count them twice.
+        self._publish_all_locked()
+        return super()._rebuild_locked(reclaim)
 
     def __len__(self) -> int:
         """Slots in use now: the shared counters plus this process's unpublished ones."""
-        own = sum(m.unpublished_allocations() - m.deallocations for m in self._magazines)
-        return super().__len__() + own
+        shared = super().__len__()
+        return shared + sum(m.unpublished_allocations() - m.deallocations for m in self._magazines)
 
     def cached(self) -> int:
         """Slots held in this process's magazines now."""
+        self._check_open()
         return sum(len(m.slots) for m in self._magazines)
 
     def _before_close(self) -> None:
