@@ -41,7 +41,7 @@ from typing import Any
 import msgpack
 
 from . import _callables, _codec, _names
-from ._redis_connection import Connection, mask_url
+from ._redis_connection import AUTH_ENV, URL_ENV, Connection, mask_url, public_url, with_local_credentials
 from ._redis_errors import RedisNotInstalled, RedisUnavailable, ScriptError, SharedMemoryOnly, pool_error
 from ._redis_scripts import (
     ALLOCATE,
@@ -464,9 +464,9 @@ class RedisPool:
             self.close()
 
     def __reduce__(self) -> tuple[Callable[..., RedisPool], tuple[Any, ...]]:
-        # Pickles as "attach by name": the url travels (a password with it, as the
-        # other process must log in), the lease and connection do not.
-        return _attach_pickled, (self._name, self._url, self._cluster, self._lease_ttl)
+        # Pickles as "attach by name": the url travels without credentials (a pickle
+        # is easily logged, queued or stored); the receiver logs in with its own.
+        return _attach_pickled, (self._name, public_url(self._url), self._cluster, self._lease_ttl)
 
     def __repr__(self) -> str:
         where = mask_url(self._url) + (" (cluster)" if self._cluster else "")
@@ -639,7 +639,16 @@ def _unlink(conn: Connection | _ClosedConnection, name: str, incarnation: str) -
 
 
 def _attach_pickled(name: str, url: str, cluster: bool, lease_ttl: float) -> RedisPool:
-    return RedisPool.attach(name, url=url, cluster=cluster, lease_ttl=lease_ttl)
+    full_url, source = with_local_credentials(url)
+    try:
+        return RedisPool.attach(name, url=full_url, cluster=cluster, lease_ttl=lease_ttl)
+    except RedisUnavailable as exc:
+        if source is not None:
+            raise
+        raise RedisUnavailable(
+            f"{exc}. A pickled RedisPool carries no credentials and this process has none of its own: set"
+            f" {URL_ENV}=redis://user:password@host:port/db or {AUTH_ENV}=password in its environment"
+        ) from None
 
 
 def _keep_lease(
@@ -710,12 +719,10 @@ def _describe(conn: Connection, name: str) -> tuple[PoolConfig, str, bool]:
 
 
 def _check_compatible(name: str, where: str, wanted: PoolConfig, found: PoolConfig) -> None:
-    for field in ("capacity", "slot_size", "max_capacity", "growth_strategy"):
-        want, have = getattr(wanted, field), getattr(found, field)
-        if field == "growth_strategy":
-            want, have = (want.kind, want.value), (have.kind, have.value)
-        if want != have:
-            raise IncompatiblePool(
-                f"pool {name!r} exists on Redis at {where} with {field} {have}, not {want}; attach to it as it"
-                " is (RedisPool.attach), or pick another name"
-            )
+    """create(exist_ok=True): the rule of the shared-memory kinds, every field compared."""
+    difference = found.first_difference(wanted)
+    if difference is not None:
+        raise IncompatiblePool(
+            f"pool {name!r} exists on Redis at {where} with {difference}; attach to it as it is"
+            " (RedisPool.attach), or pick another name"
+        )
