@@ -60,7 +60,8 @@ def child_command(args: list[str], in_namespace: bool) -> list[str]:
     if not in_namespace:
         return command
     # sh stays the namespace's init (pid 1), since the kernel ignores a SIGSTOP that init sends itself.
-    return ["unshare", "--pid", "--fork", "--mount-proc", "sh", "-c", shlex.join(command) + "; exit $?"]
+    # --kill-child: if unshare is killed (a timeout), its namespace goes with it.
+    return ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child", "sh", "-c", shlex.join(command) + "; exit $?"]
 
 
 class Holder:
@@ -72,6 +73,13 @@ class Holder:
         self.proc = subprocess.Popen(child_command(["churn", name, "400", "3"], in_namespace), cwd=ROOT, env=env,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                      start_new_session=True)
+        try:
+            self._wait_stopped(marker, point, in_namespace)
+        except BaseException:
+            self.kill()
+            raise
+
+    def _wait_stopped(self, marker: Path, point: str, in_namespace: bool) -> None:
         deadline = time.monotonic() + 30
         while not (marker.exists() and point in marker.read_text()):
             assert self.proc.poll() is None, f"the holder exited before {point}: {self.proc.stderr.read()[-2000:]}"
