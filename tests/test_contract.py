@@ -761,3 +761,13 @@ def test_item_13_the_readme_development_map_lists_every_module():
     modules = {p.name for p in package.iterdir() if p.suffix in (".py", ".c", ".h")}
     assert modules - listed == set(), "modules missing from README's development map"
     assert {m for m in listed if m.endswith((".py", ".c", ".h"))} - modules == set(), "the map lists modules that do not exist"
+
+
+def test_every_public_name_imports_and_every_error_is_a_fastalloc_error():
+    for name in fastalloc_shm.__all__:
+        assert getattr(fastalloc_shm, name) is not None, name
+    errors = [getattr(fastalloc_shm, n) for n in fastalloc_shm.__all__
+              if isinstance(getattr(fastalloc_shm, n), type) and issubclass(getattr(fastalloc_shm, n), BaseException)]
+    assert len(errors) == 12
+    assert all(issubclass(e, FastallocError) for e in errors)
+    assert issubclass(ConfigError, ValueError)  # a bad value, as Python's own checks raise
