@@ -85,7 +85,7 @@ class Daemon:
             self.config = daemon_config.load(self.args.config)
         self.registry.apply(self.config, strict=True)
         path = os.path.abspath(self.args.socket or daemon_config.choose_socket_path())
-        daemon_config.prepare_socket_dir(path, self.config.access.socket_group)
+        daemon_config.prepare_socket_dir(path, self.config.access.socket_gid())
         self.monitor = Monitor(self.registry, self.args.interval)
         self.monitor.start()
         if self.args.metrics_port is not None:

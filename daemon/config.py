@@ -64,13 +64,25 @@ class Access:
 
     allowed_uids: frozenset[int] = frozenset()
     allowed_gids: frozenset[int] = frozenset()
-    socket_group: int | None = None
+    socket_group: str | int | None = None
     max_connections_per_uid: int = 16
     frame_deadline: float = 10.0
 
     def allows(self, uid: int, gids: set[int]) -> bool:
-        """The daemon's own uid, root, an allowed uid, or a member of an allowed group."""
-        return uid in (os.getuid(), 0) or uid in self.allowed_uids or bool(gids & self.allowed_gids)
+        """The daemon's own uid, root, an allowed uid, or a member of an allowed group (the socket's included)."""
+        group = self.socket_gid()
+        allowed_gids = self.allowed_gids | ({group} if group is not None else set())
+        return uid in (os.getuid(), 0) or uid in self.allowed_uids or bool(gids & allowed_gids)
+
+    def socket_gid(self) -> int | None:
+        """The socket group's gid, looked up when the daemon starts (the file may name a group of another host)."""
+        group = self.socket_group
+        if group is None or isinstance(group, int):
+            return group
+        try:
+            return grp.getgrnam(group).gr_gid
+        except KeyError:
+            raise ConfigError(f"socket_group: no group {group!r} on this system") from None
 
 
 @dataclass(frozen=True)
@@ -132,20 +144,15 @@ def access_settings(data: dict[str, Any]) -> Access:
             raise ConfigError(f"{key}: expected a list of numeric ids, got {values!r}")
         ids[key] = frozenset(values)
     group = data.get("socket_group")
-    gid = None
-    if group is not None:
-        try:
-            gid = group if isinstance(group, int) and not isinstance(group, bool) else grp.getgrnam(group).gr_gid
-        except (KeyError, TypeError):
-            raise ConfigError(f"socket_group: no group {group!r} on this system") from None
+    if group is not None and (isinstance(group, bool) or not isinstance(group, (int, str)) or group == ""):
+        raise ConfigError(f"socket_group: expected a group name or gid, got {group!r}")
     cap = data.get("max_connections_per_uid", Access.max_connections_per_uid)
     if isinstance(cap, bool) or not isinstance(cap, int) or cap < 1:
         raise ConfigError(f"max_connections_per_uid: expected an int >= 1, got {cap!r}")
     deadline = data.get("frame_deadline", Access.frame_deadline)
     if isinstance(deadline, bool) or not isinstance(deadline, (int, float)) or not 0 < deadline <= 600:
         raise ConfigError(f"frame_deadline: expected seconds in (0, 600], got {deadline!r}")
-    gids = ids["allowed_gids"] | ({gid} if gid is not None else set())
-    return Access(ids["allowed_uids"], frozenset(gids), gid, cap, float(deadline))
+    return Access(ids["allowed_uids"], ids["allowed_gids"], group, cap, float(deadline))
 
 
 def pool_spec(name: str, table: Any) -> PoolSpec:

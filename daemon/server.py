@@ -60,8 +60,9 @@ class ControlServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
             super().__init__(path, _Connection)
         finally:
             os.umask(umask)
-        if self.access.socket_group is not None:
-            os.chown(path, -1, self.access.socket_group)
+        group = self.access.socket_gid()
+        if group is not None:
+            os.chown(path, -1, group)
             os.chmod(path, 0o660)
         self.path = path
         self._inode = os.stat(path).st_ino

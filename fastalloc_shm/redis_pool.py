@@ -182,8 +182,8 @@ class RedisPool:
 
         Give `capacity` (and `slot_size`, default 256 bytes) or a PoolConfig;
         keywords and `overrides` (PoolConfig fields) replace the config's
-        values. With `exist_ok=True` an existing pool of the same capacity,
-        slot_size, max_capacity and growth strategy is attached instead of
+        values. With `exist_ok=True` an existing pool whose every config field
+        is the same (callables by import path) is attached instead of
         raising PoolExistsError. Creation is atomic: of many concurrent
         creators exactly one creates.
 

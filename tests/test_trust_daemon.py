@@ -17,15 +17,18 @@ import sys
 import tempfile
 import textwrap
 import time
+import tomllib
 from pathlib import Path
 
 import msgpack
 import psutil
 import pytest
+import yaml
 
 from fastalloc_shm import FixedPool, _protocol, attach
 from fastalloc_shm.client import DaemonClient, DaemonError, DaemonUnavailable
 from fastalloc_shm.errors import ConfigError
+from fastalloc_shmd import config as daemon_config
 
 from . import test_daemon
 from .test_daemon import pools_toml, wait_for
@@ -283,3 +286,19 @@ def test_a_client_trusts_the_daemons_uid_for_the_pools_it_creates(launch, pool_n
     finally:
         pool.close()
         daemon.client.destroy(pool_name)
+
+
+def test_deploy_files_persist_the_kubernetes_pools_and_trust_the_daemons_uid():
+    deploy = Path(__file__).resolve().parent.parent / "deploy"
+    documents = {d["kind"]: d for d in yaml.safe_load_all((deploy / "kubernetes.yaml").read_text())}
+    pools = daemon_config.parse(tomllib.loads(documents["ConfigMap"]["data"]["pools.toml"]), "configmap").pools
+    assert pools and all(spec.persist for spec in pools.values())  # a probe's restart must not unlink them
+    pod = documents["Deployment"]["spec"]["template"]["spec"]
+    uid = str(pod["securityContext"]["runAsUser"])
+    for container in pod["containers"]:
+        assert {"name": "FASTALLOC_TRUSTED_UIDS", "value": uid} in container["env"], container["name"]
+    compose = yaml.safe_load((deploy / "docker-compose.yml").read_text())
+    assert compose["services"]["worker"]["environment"]["FASTALLOC_TRUSTED_UIDS"] == "10001"
+    assert "ENV FASTALLOC_TRUSTED_UIDS=10001" in (deploy / "Dockerfile").read_text()
+    example = daemon_config.load(str(deploy / "pools.toml"))
+    assert example.access.socket_group == "fastalloc"
