@@ -3,7 +3,7 @@
 Each case: the test process (the survivor) holds self-checking values; a child
 (tests/matrix_child.py) attaches and runs one operation with
 FASTALLOC_FAULT=<point>:kill, so it SIGKILLs itself there. Then the survivor
-must take the lock within lock_timeout, `recover(orphan_policy="reclaim")` must
+must take the lock at once (a short lock_timeout), `recover(orphan_policy="reclaim")` must
 leave every slot either held by the survivor (reading back what it wrote) or
 free, each free one allocatable exactly once (tests/invariants.audit), and the
 handles the child was working on must be either untouched or cleanly stale,
@@ -39,7 +39,11 @@ from .matrix_child import value as child_value
 from .workers import self_checking
 
 ROOT = Path(__file__).resolve().parent.parent
-LOCK_TIMEOUT = 2.0
+# Short on purpose: the next locker repairs a dead holder's lock at once, so with one live
+# process at a time no wait may come near it. A takeover that first waits to guess whether
+# the holder is dead (the first build: >= 110 ms) cannot keep within twice this; scheduling
+# on a loaded machine can.
+LOCK_TIMEOUT = 0.05
 
 ALLOCATE = ("alloc.token", "lock.acquired", "alloc.marked", "alloc.popped", "lock.released", "alloc.writing")
 RELEASE = ("lock.acquired", "release.freed", "release.pushed", "lock.released")
@@ -139,7 +143,7 @@ def test_kill_at_fault_point_then_survive_recover_and_lose_nothing(pool_name, ki
         pool.set(survivor, held[survivor])
         allocate(pool, held, 301)
         waited = time.monotonic() - started
-        assert waited < LOCK_TIMEOUT, f"the survivor waited {waited:.2f} s"
+        assert waited < 2 * LOCK_TIMEOUT, f"the survivor waited {waited:.3f} s for the lock of a dead holder"
 
         pool.recover(orphan_policy="reclaim")
         for handle in victims:
