@@ -38,7 +38,7 @@ import tomllib
 from dataclasses import dataclass, field
 from typing import Any
 
-from fastalloc_shm import GrowthStrategy, PoolConfig, _names, _protocol
+from fastalloc_shm import GrowthStrategy, PoolConfig, _admin, _protocol
 from fastalloc_shm.errors import ConfigError
 from fastalloc_shm.kinds import POOL_KINDS
 
@@ -157,7 +157,7 @@ def access_settings(data: dict[str, Any]) -> Access:
 
 def pool_spec(name: str, table: Any) -> PoolSpec:
     """A PoolSpec from one `[pools.NAME]` table."""
-    _names.validate(name)
+    _admin.validate_name(name)
     if not isinstance(table, dict):
         raise ConfigError("expected a table of pool settings")
     unknown = set(table) - _POOL_KEYS

@@ -16,12 +16,11 @@ clients but never unlinks it).
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from fastalloc_shm import _admin, _names, attach, unlink
+from fastalloc_shm import _admin, attach, unlink
 from fastalloc_shm._admin import AnyPool, ClientInfo
 from fastalloc_shm.errors import FastallocError, IncompatiblePool, PoolExistsError, PoolNotFound
 from fastalloc_shm.kinds import POOL_KINDS
@@ -155,7 +154,7 @@ class Registry:
                 if name in self._pools:
                     pool.close()  # another request opened it meanwhile
                     continue
-                self._pools[name] = Managed(pool, PoolSpec(name, pool.kind, pool.config), False, _inode(name))
+                self._pools[name] = Managed(pool, PoolSpec(name, pool.kind, pool.config), False, _admin.segment_inode(name))
                 log.info("watching pool %r (used by pid %d)", name, pid)
             client = self._clients.get(pid)
             if client is None or not _admin.process_alive(pid, client.start_ticks):
@@ -265,7 +264,7 @@ class Registry:
             for name, managed in self._pools.items():
                 try:
                     managed.close()
-                    if managed.owned and not managed.spec.persist and _inode(name) == managed.inode:
+                    if managed.owned and not managed.spec.persist and _admin.segment_inode(name) == managed.inode:
                         unlink(name)
                         log.info("pool %r unlinked", name)
                     elif managed.owned:
@@ -276,7 +275,7 @@ class Registry:
 
     def _open(self, spec: PoolSpec, *, exist_ok: bool, declared: bool) -> Managed:
         pool = POOL_KINDS[spec.kind].create(spec.name, config=spec.config, exist_ok=exist_ok)
-        managed = self._pools[spec.name] = Managed(pool, spec, True, _inode(spec.name), declared=declared)
+        managed = self._pools[spec.name] = Managed(pool, spec, True, _admin.segment_inode(spec.name), declared=declared)
         log.info("pool %r ready: %s, %d slots of %d B%s", spec.name, spec.kind, pool.capacity, pool.slot_size,
                  ", persists" if spec.persist else "")
         return managed
@@ -296,7 +295,7 @@ class Registry:
         the caller closes them once it no longer holds the registry lock."""
         gone = []
         for name, managed in list(self._pools.items()):
-            if _inode(name) != managed.inode:
+            if _admin.segment_inode(name) != managed.inode:
                 log.warning("pool %r was unlinked by another process; the daemon lets go of it", name)
                 gone.append(self._pools.pop(name))
         return gone
@@ -321,10 +320,3 @@ class Registry:
             "declared": managed.declared,
         }
 
-
-def _inode(name: str) -> int | None:
-    """Inode of pool `name`'s main segment in /dev/shm (None: there is none)."""
-    try:
-        return os.stat(os.path.join(_names.SHM_DIR, _names.segment(name).lstrip("/"))).st_ino
-    except FileNotFoundError:
-        return None

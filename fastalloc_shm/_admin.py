@@ -7,9 +7,10 @@ outside the package imports a private module but this one and `_protocol`.
 
 from __future__ import annotations
 
+import os
 from typing import TypeAlias
 
-from . import _liveness
+from . import _liveness, _names
 from ._lock import ClientInfo
 from .errors import LockTimeout
 from .pool import SharedPool
@@ -19,7 +20,8 @@ from .report import RecoveryReport
 AnyPool: TypeAlias = SharedPool
 """Any shared-memory pool (FixedPool, GrowingPool, ThreadLocalPool, ThreadSafePool)."""
 
-__all__ = ["AnyPool", "ClientInfo", "clients", "list_pools", "process_alive", "start_ticks", "try_recover"]
+__all__ = ["AnyPool", "ClientInfo", "clients", "list_pools", "process_alive", "segment_inode", "start_ticks",
+           "try_recover", "validate_name"]
 
 
 def clients(pool: AnyPool) -> list[ClientInfo]:
@@ -35,6 +37,19 @@ def process_alive(pid: int, start_ticks: int = 0) -> bool:
 def start_ticks(pid: int) -> int:
     """Start time of `pid` (0 if it is gone): with the pid, it tells a process from a later one."""
     return _liveness.start_ticks(pid)
+
+
+def validate_name(name: str) -> str:
+    """`name` if it is a valid pool name, else ConfigError saying why."""
+    return _names.validate(name)
+
+
+def segment_inode(name: str) -> int | None:
+    """Inode of pool `name`'s main segment (None: there is none): a pool created again under the name has another."""
+    try:
+        return os.stat(_names.SHM_DIR + _names.segment(name)).st_ino
+    except FileNotFoundError:
+        return None
 
 
 def list_pools() -> list[str]:
