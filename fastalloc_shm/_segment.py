@@ -124,8 +124,11 @@ def _unlink_quietly(posix_name: str) -> bool:
 def unlink_segment_with_id(posix_name: str) -> tuple[bool, int | None]:
     """Remove a main segment; (whether it existed, the pool id its header records or None).
 
-    The id is read through an fd of the very file removed: if the name was
-    replaced between the read and the removal, nothing is removed."""
+    The id is read through an fd of the very file removed (if the name was
+    replaced before the removal, nothing is removed), and read again after the
+    removal: a creator still writing it writes the id before it makes the
+    semaphore, and after making it checks that its name still stands, so either
+    this read sees the id or the creator removes its own semaphore."""
     path = segment_path(posix_name)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -134,18 +137,25 @@ def unlink_segment_with_id(posix_name: str) -> tuple[bool, int | None]:
     except OSError:
         return _unlink_quietly(posix_name), None  # not readable to us (or not a file): remove the name only
     try:
-        st = os.fstat(fd)
-        head = os.pread(fd, 8 * (L.HDR_POOL_ID + 1), 0) if st.st_size >= L.HEADER_SIZE else b""
-        words = memoryview(head).cast("Q") if len(head) == 8 * (L.HDR_POOL_ID + 1) else None
-        pool_id = words[L.HDR_POOL_ID] if words is not None and words[L.HDR_MAGIC] == L.MAGIC else 0
+        inode = os.fstat(fd).st_ino
         try:
-            if os.lstat(path).st_ino != st.st_ino:
+            if os.lstat(path).st_ino != inode:
                 return False, None
         except FileNotFoundError:
             return False, None
-        return _unlink_quietly(posix_name), pool_id or None
+        removed = _unlink_quietly(posix_name)
+        return removed, _pool_id(fd)
     finally:
         os.close(fd)
+
+
+def _pool_id(fd: int) -> int | None:
+    """The pool id in the header behind `fd`, or None when there is no pool header (yet)."""
+    words = os.pread(fd, 8 * (L.HDR_POOL_ID + 1), 0)
+    if len(words) < 8 * (L.HDR_POOL_ID + 1):
+        return None
+    q = memoryview(words).cast("Q")
+    return (q[L.HDR_POOL_ID] or None) if q[L.HDR_MAGIC] == L.MAGIC else None
 
 
 def still_named(segment: Segment) -> bool:

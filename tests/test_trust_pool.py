@@ -21,7 +21,16 @@ from pathlib import Path
 
 import pytest
 
-from fastalloc_shm import FixedPool, GrowingPool, IncompatiblePool, PoolConfig, attach, unlink
+from fastalloc_shm import (
+    FastallocError,
+    FixedPool,
+    GrowingPool,
+    GrowthStrategy,
+    IncompatiblePool,
+    PoolConfig,
+    attach,
+    unlink,
+)
 
 NOBODY = 65534
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run the attacker as uid 65534 (os.setuid)")
@@ -213,3 +222,37 @@ def test_unlink_removes_only_the_semaphore_of_the_segment_it_removed(make_name):
         unlink(name)
     assert broken == 0
     assert not [e for e in os.listdir("/dev/shm") if f"fastalloc.{name}" in e]
+
+
+def _sem_file(name: str) -> str:
+    (entry,) = [e for e in os.listdir("/dev/shm") if re.fullmatch(rf"sem\.fastalloc\.{re.escape(name)}\.[0-9a-f]{{16}}\.lock", e)]
+    return f"/dev/shm/{entry}"
+
+
+def test_a_semaphore_or_an_extent_of_another_owner_is_refused(make_name):
+    """Every object of a pool is checked, not only its main segment (root hands them to uid 65534 here)."""
+    name = make_name()
+    with FixedPool.create(name, capacity=2):
+        os.chown(_sem_file(name), NOBODY, NOBODY)
+        with pytest.raises(FastallocError, match=r"lock: .* is owned by uid 65534"):
+            attach(name)
+    grown = make_name()
+    with GrowingPool.create(grown, capacity=1, growth_strategy=GrowthStrategy.linear(1)) as pool:
+        pool.allocate_many([1, 2])  # extent 1 exists now
+        os.chown(f"/dev/shm/fastalloc.{grown}.x1", NOBODY, NOBODY)
+        with pytest.raises(FastallocError, match=r"extent 1: .* is owned by uid 65534"):
+            attach(grown)
+
+
+def test_callables_run_only_while_the_owner_is_trusted(pool_name):
+    """Checked again when a callable is needed: a segment handed to another uid after attach runs nothing."""
+    with FixedPool.create(pool_name, capacity=2, initializer="builtins:dict"):
+        other = attach(pool_name)
+        try:
+            other.release(other.acquire())
+            os.chown(f"/dev/shm/fastalloc.{pool_name}", NOBODY, NOBODY)
+            with pytest.raises(FastallocError, match="initializer: not imported or called, the pool's owner is not trusted"):
+                other.acquire()
+            assert other.get(other.allocate("data still")) == "data still"
+        finally:
+            other.close()
