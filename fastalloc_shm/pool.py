@@ -113,9 +113,6 @@ class SharedPool:
         An existing pool is attached only when its owner is trusted (see `attach`) and its
         kind and every config field match; otherwise IncompatiblePool names the first difference.
 
-        An existing pool is attached only when its owner is trusted (see `attach`) and its
-        kind and every config field match; otherwise IncompatiblePool names the first difference.
-
         >>> pool = FixedPool.create("jobs", capacity=10_000, slot_size=256)  # doctest: +SKIP
         """
         name = _names.validate(name)
@@ -670,19 +667,6 @@ class SharedPool:
             f"pool {self._name!r}: handle {handle:#x} was being overwritten during {READ_RETRIES} reads; "
             "if its writer died, run recover()"
         )
-
-    def _check_callable_owner(self, field_name: str) -> None:
-        """Callables named in a segment run in this process: only from a trusted owner (the segment
-        is fstat-ed again now, at the moment of use)."""
-        try:
-            _trust.check_fd(self._segment.fd, seg.segment_path(self._segment.posix_name), f"pool {self._name!r}",
-                            self._trusted)
-        except FastallocError as exc:
-            raise FastallocError(f"{field_name}: not imported or called, the pool's owner is not trusted: {exc}") from None
-
-    def _segment_callable(self, fn: Callable[..., Any] | str, field_name: str) -> Callable[..., Any]:
-        self._check_callable_owner(field_name)
-        return _callables.as_callable(fn, field_name)
 
     def _check_callable_owner(self, field_name: str) -> None:
         """Callables named in a segment run in this process: only from a trusted owner (the segment
