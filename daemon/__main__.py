@@ -104,7 +104,10 @@ class Daemon:
         reloading()
         try:
             self.config = daemon_config.load(self.args.config)
+            self.config.access.socket_gid()  # a missing group is a config error, not a refused peer later
             self.registry.apply(self.config, strict=False)
+            if self.server is not None:
+                self.server.access = self.config.access  # who may connect; the socket's own mode stays
             log.info("SIGHUP: reloaded %s; pools: %s", self.args.config, ", ".join(self.registry.names()))
         except ConfigError as exc:
             log.error("SIGHUP: config not reloaded, still running the previous one: %s", exc)

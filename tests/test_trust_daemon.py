@@ -302,3 +302,17 @@ def test_deploy_files_persist_the_kubernetes_pools_and_trust_the_daemons_uid():
     assert "ENV FASTALLOC_TRUSTED_UIDS=10001" in (deploy / "Dockerfile").read_text()
     example = daemon_config.load(str(deploy / "pools.toml"))
     assert example.access.socket_group == "fastalloc"
+
+
+@needs_root
+def test_sighup_applies_new_access_rules(launch, shared_dir, pool_name, tmp_path):
+    (shared_dir / "open").mkdir(mode=0o755)
+    sock = str(shared_dir / "open" / "control.sock")
+    daemon = on_socket(launch(pools_toml((pool_name, "capacity = 4\n")), "--socket", sock, ready=False), sock)
+    os.chmod(sock, 0o666)
+    assert ping_as(NOBODY, sock).startswith("refused DaemonError PermissionDenied")
+    config = tmp_path / "pools.toml"  # the file the fixture wrote
+    config.write_text(f"allowed_uids = [{NOBODY}]\n" + config.read_text())
+    daemon.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: "SIGHUP: reloaded" in daemon.stderr(), 10.0, "the reload")
+    assert ping_as(NOBODY, sock) == f"answered {daemon.proc.pid}"
