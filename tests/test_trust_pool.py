@@ -33,7 +33,7 @@ from fastalloc_shm import (
 )
 
 NOBODY = 65534
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run the attacker as uid 65534 (os.setuid)")
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run the attacker as uid 65534 (os.setuid)")
 
 EVIL_MODULE = """
 import os
@@ -94,7 +94,7 @@ attempt("exist_ok", lambda: cls.create({name!r}, capacity=4, slot_size=256, mode
 def evil_dir(pool_name):
     """A directory readable by uid 65534 holding the attacker's module; the marker path inside."""
     directory = Path(tempfile.mkdtemp(prefix="fastalloc-evil-"))
-    directory.chmod(0o777)
+    directory.chmod(0o755)
     tag = re.sub(r"\W", "_", pool_name)
     marker = directory / "marker"
     (directory / f"evil_{tag}.py").write_text(EVIL_MODULE.format(marker=str(marker)))
@@ -124,6 +124,7 @@ def run_victim(pool_name, kind, directory, env=None):
     return dict(line.split(" ", 1) for line in done.stdout.splitlines())
 
 
+@needs_root
 @pytest.mark.parametrize("squatted", ["fixed", "threadlocal"], indirect=True)
 def test_a_pool_squatted_by_another_uid_is_refused_and_runs_nothing(squatted, pool_name):
     kind, directory, marker = squatted
@@ -135,6 +136,7 @@ def test_a_pool_squatted_by_another_uid_is_refused_and_runs_nothing(squatted, po
     assert not marker.exists(), marker.read_text()
 
 
+@needs_root
 @pytest.mark.parametrize("squatted", ["fixed"], indirect=True)
 def test_a_trusted_uid_makes_the_pool_attachable_and_attaching_imports_nothing(squatted, pool_name):
     kind, directory, marker = squatted
@@ -155,6 +157,7 @@ def test_a_trusted_uid_makes_the_pool_attachable_and_attaching_imports_nothing(s
     assert not marker.exists()  # a trusted pool's callables run only when acquire() needs them
 
 
+@needs_root
 @pytest.mark.parametrize("squatted", ["fixed"], indirect=True)
 def test_trusted_uids_argument_and_a_bad_environment_value(squatted, pool_name, monkeypatch):
     with pytest.raises(Exception, match="owned by uid 65534"):
@@ -229,6 +232,7 @@ def _sem_file(name: str) -> str:
     return f"/dev/shm/{entry}"
 
 
+@needs_root
 def test_a_semaphore_or_an_extent_of_another_owner_is_refused(make_name):
     """Every object of a pool is checked, not only its main segment (root hands them to uid 65534 here)."""
     name = make_name()
@@ -244,6 +248,7 @@ def test_a_semaphore_or_an_extent_of_another_owner_is_refused(make_name):
             attach(grown)
 
 
+@needs_root
 def test_callables_run_only_while_the_owner_is_trusted(pool_name):
     """Checked again when a callable is needed: a segment handed to another uid after attach runs nothing."""
     with FixedPool.create(pool_name, capacity=2, initializer="builtins:dict"):
