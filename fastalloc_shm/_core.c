@@ -48,6 +48,8 @@
 
 #include "_layout.h"
 
+_Static_assert(sizeof(unsigned long) == 8, "handles are 64-bit: an LP64 platform (Linux) is needed");
+
 /* ---- error codes: Python's `errors(code, *args)` turns them into exceptions ---- */
 enum {
     E_CLOSED = 1,      /* () */
@@ -272,9 +274,14 @@ static int extent_sane(Core *c, Extent *e)
 
 /* Map extents other processes added since we last looked. Outside the lock
  * (committed table entries never change; the count is published last). */
-static int map_new_extents(Core *c)
+static int map_extents_from(Core *c, uint64_t count);
+static inline int map_new_extents(Core *c)
 {
     uint64_t count = LOAD_ACQ(&c->hdr[HDR_EXTENTS]);
+    return count == (uint64_t)c->n_ext ? 0 : map_extents_from(c, count);
+}
+static int map_extents_from(Core *c, uint64_t count)
+{
     if (count > MAX_EXTENTS) {
         raise_damaged(c, "extent count beyond the table");
         return -1;
@@ -331,7 +338,7 @@ static int map_new_extents(Core *c)
 }
 
 /* The extent and local index of a pool-wide index; NULL when there is none. */
-static Extent *locate(Core *c, uint64_t index, uint32_t *local)
+static inline Extent *locate(Core *c, uint64_t index, uint32_t *local)
 {
     Extent *e = &c->ext[0];
     if (index < e->cap) {
@@ -362,15 +369,33 @@ static Extent *locate(Core *c, uint64_t index, uint32_t *local)
 
 /* ---- handles ---- */
 /* 1: decoded; 0: not a handle this pool could issue (no exception set). */
-static int decode_handle(PyObject *h, uint32_t *gen, uint64_t *index)
+static inline int decode_handle(PyObject *h, uint32_t *gen, uint64_t *index)
 {
     if (!PyLong_Check(h) || PyBool_Check(h))
         return 0;
-    unsigned long long v = PyLong_AsUnsignedLongLong(h);
-    if (v == (unsigned long long)-1 && PyErr_Occurred()) {
+    unsigned long v;
+#if PY_VERSION_HEX < 0x030C0000
+    /* A handle is at most 63 bits: three 30-bit digits, read straight (CPython 3.11's int layout). */
+    Py_ssize_t size = Py_SIZE(h);
+    if (size <= 0 || size > 3)
+        return 0;
+    const digit *d = ((PyLongObject *)h)->ob_digit;
+    v = d[0];
+    if (size > 1)
+        v |= (unsigned long)d[1] << PyLong_SHIFT;
+    if (size > 2) {
+        if (d[2] >> (63 - 2 * PyLong_SHIFT))
+            return 0;
+        v |= (unsigned long)d[2] << (2 * PyLong_SHIFT);
+    }
+#else
+    /* PyLong_AsUnsignedLong (64 bits here) is a digit loop; the LongLong one goes through a byte array. */
+    v = PyLong_AsUnsignedLong(h);
+    if (v == (unsigned long)-1 && PyErr_Occurred()) {
         PyErr_Clear();
         return 0;
     }
+#endif
     uint64_t g = v >> 32;
     if (g == 0 || g > GENERATION_MASK)
         return 0;
@@ -378,10 +403,10 @@ static int decode_handle(PyObject *h, uint32_t *gen, uint64_t *index)
     *index = v & 0xFFFFFFFFull;
     return 1;
 }
-static PyObject *make_handle(uint32_t gen, uint64_t index) { return PyLong_FromUnsignedLongLong(((uint64_t)gen << 32) | index); }
+static PyObject *make_handle(uint32_t gen, uint64_t index) { return PyLong_FromUnsignedLong((unsigned long)(((uint64_t)gen << 32) | index)); }
 
 /* The slot of a handle; raises InvalidHandle when it names none. */
-static Extent *slot_of_handle(Core *c, PyObject *h, uint32_t *gen, uint32_t *local)
+static inline Extent *slot_of_handle(Core *c, PyObject *h, uint32_t *gen, uint32_t *local)
 {
     uint64_t index;
     if (!decode_handle(h, gen, &index)) {
@@ -582,7 +607,7 @@ static int token_wait(Core *c, double deadline)
 /* ---- free lists (lock held) ---- */
 
 /* Pop one free slot of extent e, marked `state|owner` with UNREADABLE set; -1 if none, -2 damaged. */
-static int64_t pop_slot(Core *c, Extent *e, uint32_t state)
+static inline int64_t pop_slot(Core *c, Extent *e, uint32_t state)
 {
     uint32_t *w = ext_words(e);
     uint32_t head = w[EXT_HEAD], fresh = w[EXT_FRESH];
@@ -617,7 +642,7 @@ static int64_t pop_slot(Core *c, Extent *e, uint32_t state)
 }
 
 /* Push a slot already marked free. */
-static void push_slot(Extent *e, uint32_t local)
+static inline void push_slot(Extent *e, uint32_t local)
 {
     uint32_t *w = ext_words(e);
     uint32_t *m = meta_of(e, local);
@@ -636,8 +661,7 @@ static int free_hint(Core *c)
 static int take_one(Core *c, uint32_t state, Extent **ep, uint32_t *local)
 {
     int start = free_hint(c);
-    for (int i = 0; i < c->n_ext; i++) {
-        int k = (start + i) % c->n_ext;
+    for (int i = 0, k = start; i < c->n_ext; i++, k = k + 1 == c->n_ext ? 0 : k + 1) {
         int64_t got = pop_slot(c, &c->ext[k], state);
         if (got == -2) {
             raise_damaged(c, "a free list is damaged; run recover()");
@@ -1067,10 +1091,16 @@ static PyObject *Core_release(Core *c, PyObject *h)
     uint32_t *m = meta_of(e, local);
     if (core_lock(c) < 0)
         return NULL;
-    if (!claim_release(m, gen, FREE << STATE_SHIFT, NULL)) {
+    /* Only a ThreadLocalPool releases without the lock; here the lock alone orders
+     * every writer of the pair, so a check and a store claim the slot. */
+    uint64_t *pm = (uint64_t *)m;
+    uint64_t cur = LOAD(pm);
+    uint32_t g = (uint32_t)cur, w = (uint32_t)(cur >> 32);
+    if (!((g == gen && state_of(w) == ALLOCATED) || (g == (gen | UNREADABLE) && state_of(w) == TORN))) {
         core_unlock(c);
         return raise_not_live(c, h, m, gen);
     }
+    STORE_REL(pm, pair(next_generation(gen) | UNREADABLE, FREE << STATE_SHIFT));
     FAULT(F_RELEASE_FREED);
     push_slot(e, local);
     count_deallocations(c, 1);
