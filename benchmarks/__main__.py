@@ -19,7 +19,7 @@ from contextlib import nullcontext
 from importlib import metadata
 from pathlib import Path
 
-from . import plot, report, runner
+from . import compiled, headtohead, plot, report, runner
 from .progress import Progress
 from .redis_server import RedisServer
 from .settings import Settings
@@ -29,7 +29,7 @@ from .workloads import plan
 DEFAULT_OUT = Path(__file__).resolve().parent
 GROUPS = {s.group for s in SYSTEMS}
 PACKAGES = ("fastalloc-shm", "msgpack", "posix_ipc", "psutil", "lmdb", "UltraDict", "shared-memory-dict", "redis",
-            "matplotlib")
+            "iceoryx2", "matplotlib")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -91,6 +91,14 @@ def _run(cmd: list[str]) -> str | None:
         return None
 
 
+def _build_floor() -> str:
+    """Build the compiled floor once, before any child needs it; a failure makes floor-c "not measured"."""
+    try:
+        return f"floor-c: {compiled.build().relative_to(DEFAULT_OUT.parent)}"
+    except compiled.BuildError as exc:
+        return f"floor-c: not measured: {exc}"
+
+
 def _exit_on_sigterm(signum, frame):
     raise SystemExit(128 + signum)  # so the finally blocks stop redis-server and the children
 
@@ -103,10 +111,12 @@ def main(argv: list[str] | None = None) -> int:
     with (RedisServer() if args.redis_url is None else nullcontext()) as redis:
         redis_url = args.redis_url or (redis.url if redis else None)
         settings = Settings.make(args.quick, run_tag, redis_url)
-        total = sum(len(plan(BY_NAME[n], settings)) for n in args.names) + 1
+        total = sum(len(plan(BY_NAME[n], settings)) for n in args.names) + 1 + headtohead.steps(settings, args.names)
         progress = Progress(total)
         if redis is not None:
             progress.note(f"redis: private redis-server at {redis.url}" if redis.url else f"redis: {redis.reason}")
+        if "floor-c" in args.names:
+            progress.note(_build_floor())
         results = runner.run_all(settings, args.names, progress)
         progress.close()
         meta = metadata_of_run(settings, redis)
@@ -116,6 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     plot.scaling_png(results.rows, settings.mp_procs, str(args.out / "scaling.png"),
                      f"fastalloc-shm vs floor and peers ({'quick' if settings.quick else 'full'} run, "
                      f"{os.cpu_count()} CPUs)")
+    if args.out.resolve() == DEFAULT_OUT:  # the committed run: its README table follows it
+        print(report.update_readme(DEFAULT_OUT.parent / "README.md", report.readme_table(report.Table(results.rows),
+                                                                                         args.names)))
     for target in targets:
         print(target.line())
     if results.swept:

@@ -1,4 +1,4 @@
-"""The floor: the least a shared-memory pool written in Python can cost.
+"""floor-py: the least a shared-memory pool written in Python can cost.
 
 One POSIX shared-memory segment holds a small header, an int32 free-list stack, an int32
 array of payload lengths and the slots; one posix_ipc semaphore guards the free list; a
@@ -14,8 +14,8 @@ free-list entry has to be written up front (filling one million int32s from Pyth
 ``posix_fallocate`` because the project's contract requires it (a full /dev/shm must fail at
 creation, not SIGBUS later), so creation ratios compare like with like.
 
-``FloorPool.create(..., locked=False)`` is the same pool without the semaphore: the floor for
-ThreadLocalPool, whose fast path takes no lock. It is only correct with one process.
+Beside the compiled floor (floor_c.c) it says what the interpreter alone costs, and it stays
+the reference for creation and growth, which the compiled floor does not measure.
 """
 
 from __future__ import annotations
@@ -42,11 +42,10 @@ class FloorPool:
     _mmap = None
     _sem = None
 
-    def __init__(self, name: str, shm: posix_ipc.SharedMemory, sem: posix_ipc.Semaphore | None, owner: bool):
+    def __init__(self, name: str, shm: posix_ipc.SharedMemory, sem: posix_ipc.Semaphore, owner: bool):
         self.name = name
         self.owner = owner
         self._sem = sem
-        self.nbytes = shm.size
         self._mmap = mmap.mmap(shm.fd, shm.size)
         shm.close_fd()
         buf = memoryview(self._mmap)
@@ -60,19 +59,11 @@ class FloorPool:
         off += 4 * self.capacity
         self._data = buf[off:]
         self._views = (self._hdr, self._free, self._lens, self._data, buf)
-        # Bind the variant once: the hot path must not test a flag per call.
-        if sem is None:
-            self.allocate, self.release = self._allocate_nolock, self._release_nolock
-            self.allocate_many, self.release_many = self._allocate_many_nolock, self._release_many_nolock
-        else:
-            self.allocate, self.release = self._allocate_locked, self._release_locked
-            self.allocate_many, self.release_many = self._allocate_many_locked, self._release_many_locked
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     @classmethod
-    def create(cls, name: str, capacity: int, slot_size: int, *, locked: bool = True,
-               initial: object = ...) -> FloorPool:
+    def create(cls, name: str, capacity: int, slot_size: int, *, initial: object = ...) -> FloorPool:
         """Create the segment (and semaphore); ``initial`` given = eager: every slot holds it."""
         size = _segment_size(capacity, slot_size)
         shm = posix_ipc.SharedMemory(f"/{PREFIX}-{name}", posix_ipc.O_CREX, mode=0o600, size=size)
@@ -80,8 +71,7 @@ class FloorPool:
         try:
             os.posix_fallocate(shm.fd, 0, size)
             os.pwrite(shm.fd, _HEADER.pack(0, 0, capacity, slot_size), 0)
-            if locked:
-                sem = posix_ipc.Semaphore(f"/{PREFIX}-{name}", posix_ipc.O_CREX, mode=0o600, initial_value=1)
+            sem = posix_ipc.Semaphore(f"/{PREFIX}-{name}", posix_ipc.O_CREX, mode=0o600, initial_value=1)
             pool = cls(name, shm, sem, owner=True)
             if initial is not ...:
                 pool._fill(initial)
@@ -97,11 +87,10 @@ class FloorPool:
         return pool
 
     @classmethod
-    def attach(cls, name: str, *, locked: bool = True) -> FloorPool:
+    def attach(cls, name: str) -> FloorPool:
         """Map an existing floor pool by name."""
         shm = posix_ipc.SharedMemory(f"/{PREFIX}-{name}")
-        sem = posix_ipc.Semaphore(f"/{PREFIX}-{name}") if locked else None
-        return cls(name, shm, sem, owner=False)
+        return cls(name, shm, posix_ipc.Semaphore(f"/{PREFIX}-{name}"), owner=False)
 
     def _fill(self, value: object) -> None:
         """Eager initialization: one bulk write of a packed template (the cheapest possible).
@@ -151,7 +140,7 @@ class FloorPool:
 
     # _take is inlined below: a method call is ~10 % of a floor allocation.
 
-    def _allocate_locked(self, value: object) -> int:
+    def allocate(self, value: object) -> int:
         data = msgpack.packb(value)
         n = len(data)
         if n > self.slot_size:
@@ -177,27 +166,6 @@ class FloorPool:
         self._lens[i] = n
         return i
 
-    def _allocate_nolock(self, value: object) -> int:
-        data = msgpack.packb(value)
-        n = len(data)
-        if n > self.slot_size:
-            raise ValueError(f"value of {n} bytes exceeds slot size {self.slot_size}")
-        hdr = self._hdr
-        top = hdr[0]
-        if top:
-            top -= 1
-            hdr[0] = top
-            i = self._free[top]
-        else:
-            i = hdr[1]
-            if i == self.capacity:
-                raise MemoryError(f"floor pool {self.name!r} is full")
-            hdr[1] = i + 1
-        o = i * self.slot_size
-        self._data[o : o + n] = data
-        self._lens[i] = n
-        return i
-
     def get(self, i: int) -> object:
         """Unpack the slot's value (a fresh object)."""
         o = i * self.slot_size
@@ -213,7 +181,7 @@ class FloorPool:
         self._data[o : o + n] = data
         self._lens[i] = n
 
-    def _release_locked(self, i: int) -> None:
+    def release(self, i: int) -> None:
         sem = self._sem
         sem.acquire()
         try:
@@ -224,15 +192,9 @@ class FloorPool:
         finally:
             sem.release()
 
-    def _release_nolock(self, i: int) -> None:
-        hdr = self._hdr
-        top = hdr[0]
-        self._free[top] = i
-        hdr[0] = top + 1
-
     # -- batches: one lock round trip for the lot ----------------------------------------------
 
-    def _allocate_many_locked(self, values: list) -> list[int]:
+    def allocate_many(self, values: list) -> list[int]:
         packed = [msgpack.packb(v) for v in values]
         self._sem.acquire()
         try:
@@ -243,13 +205,6 @@ class FloorPool:
         self._write_all(handles, packed)
         return handles
 
-    def _allocate_many_nolock(self, values: list) -> list[int]:
-        packed = [msgpack.packb(v) for v in values]
-        take = self._take
-        handles = [take() for _ in packed]
-        self._write_all(handles, packed)
-        return handles
-
     def _write_all(self, handles: list[int], packed: list[bytes]) -> None:
         data, lens, stride = self._data, self._lens, self.slot_size
         for i, b in zip(handles, packed, strict=True):
@@ -257,20 +212,17 @@ class FloorPool:
             data[o : o + len(b)] = b
             lens[i] = len(b)
 
-    def _release_many_locked(self, handles: list[int]) -> None:
+    def release_many(self, handles: list[int]) -> None:
         self._sem.acquire()
         try:
-            self._release_many_nolock(handles)
+            hdr, free = self._hdr, self._free
+            top = hdr[0]
+            for i in handles:
+                free[top] = i
+                top += 1
+            hdr[0] = top
         finally:
             self._sem.release()
-
-    def _release_many_nolock(self, handles: list[int]) -> None:
-        hdr, free = self._hdr, self._free
-        top = hdr[0]
-        for i in handles:
-            free[top] = i
-            top += 1
-        hdr[0] = top
 
 
 def grow_extent(name: str, slots: int, slot_size: int) -> None:

@@ -58,10 +58,6 @@ class PoolStore:
     def worker_spec(self):
         return (self.kind, self.pool.name)
 
-    @property
-    def nbytes(self) -> int:
-        return self.pool.nbytes
-
     def close(self) -> None:
         if self.owner:
             destroy_pool(self.pool)

@@ -209,21 +209,23 @@ class LMDBStore(_CounterStore):
     """LMDB in /dev/shm (memory-backed like the pool), one transaction per operation.
 
     Tuned for speed as a user would for a scratch store: sync and metasync off, writemap on,
-    reads zero-copy (``buffers=True``, unpacked inside the transaction).
+    packed reads zero-copy (``buffers=True``, unpacked inside the transaction). ``raw``: the
+    values are bytes, stored and returned as they are.
     """
 
     OPTIONS = dict(map_size=1 << 30, subdir=True, sync=False, metasync=False, writemap=True,
                    readahead=False, max_dbs=0, lock=True)
 
-    def __init__(self, path: str, owner: bool, worker_id: int = 0):
+    def __init__(self, path: str, owner: bool, worker_id: int = 0, raw: bool = False):
         import lmdb
 
         super().__init__(worker_id)
-        self.path, self.owner = path, owner
+        self.path, self.owner, self.raw = path, owner, raw
         self.env = env = lmdb.open(path, **self.OPTIONS)
         keys = self._keys
         key = struct.Struct(">Q").pack
-        packb, unpackb = msgpack.packb, msgpack.unpackb
+        # bytes(b) is b itself for a bytes value: raw values pass through without a copy.
+        packb, unpackb = (bytes, bytes) if raw else (msgpack.packb, msgpack.unpackb)
         begin = env.begin
 
         def allocate(value):
@@ -232,9 +234,13 @@ class LMDBStore(_CounterStore):
                 txn.put(k, packb(value))
             return k
 
-        def get(k):
+        def get_packed(k):
             with begin(buffers=True) as txn:
                 return unpackb(txn.get(k))
+
+        def get_raw(k):
+            with begin() as txn:
+                return txn.get(k)
 
         def set_(k, value):
             with begin(write=True) as txn:
@@ -255,19 +261,20 @@ class LMDBStore(_CounterStore):
                 for k in ks:
                     txn.delete(k)
 
-        self.allocate, self.get, self.set, self.release = allocate, get, set_, release
+        self.allocate, self.get, self.set, self.release = allocate, get_raw if raw else get_packed, set_, release
         self.allocate_many, self.release_many = allocate_many, release_many
 
     @classmethod
-    def create(cls, name: str, value_size: int = 0) -> LMDBStore:
-        return cls(os.path.join(SHM_DIR, name), owner=True)
+    def create(cls, name: str, raw: bool = False) -> LMDBStore:
+        return cls(os.path.join(SHM_DIR, name), owner=True, raw=raw)
 
     @classmethod
     def attach(cls, spec, worker_id: int) -> LMDBStore:
-        return cls(spec, owner=False, worker_id=worker_id)  # an env must never cross a fork
+        path, raw = spec
+        return cls(path, owner=False, worker_id=worker_id, raw=raw)  # an env must never cross a fork
 
-    def worker_spec(self) -> str:
-        return self.path
+    def worker_spec(self):
+        return (self.path, self.raw)
 
     def before_fork(self) -> None:
         """Close this process's env: py-lmdb refuses an env a forked child inherited open."""
@@ -285,16 +292,20 @@ class LMDBStore(_CounterStore):
 
 
 class RedisStore(_CounterStore):
-    """Redis over a unix socket, one command per operation (MSET / multi-key DEL for batches)."""
+    """Redis over a unix socket, one command per operation (MSET / multi-key DEL for batches).
 
-    def __init__(self, url: str, prefix: str, owner: bool, worker_id: int = 0):
+    ``raw``: the values are bytes, stored and returned as they are.
+    """
+
+    def __init__(self, url: str, prefix: str, owner: bool, worker_id: int = 0, raw: bool = False):
         import redis
 
         super().__init__(worker_id)
-        self.url, self.prefix, self.owner = url, prefix, owner
+        self.url, self.prefix, self.owner, self.raw = url, prefix, owner, raw
         self.client = r = redis.Redis.from_url(url)
         keys = self._keys
-        packb, unpackb = msgpack.packb, msgpack.unpackb
+        # bytes(b) is b itself for a bytes value: raw values pass through without a copy.
+        packb, unpackb = (bytes, bytes) if raw else (msgpack.packb, msgpack.unpackb)
         rset, rget, rdel = r.set, r.get, r.delete
 
         def allocate(value):
@@ -308,23 +319,23 @@ class RedisStore(_CounterStore):
             return ks
 
         self.allocate = allocate
-        self.get = lambda k: unpackb(rget(k))
-        self.set = lambda k, value: rset(k, packb(value))
+        self.get = rget if raw else lambda k: unpackb(rget(k))
+        self.set = rset if raw else lambda k, value: rset(k, packb(value))
         self.release = rdel
         self.allocate_many = allocate_many
         self.release_many = lambda ks: rdel(*ks)
 
     @classmethod
-    def create(cls, url: str, name: str) -> RedisStore:
-        return cls(url, f"fabench:{name}:", owner=True)
+    def create(cls, url: str, name: str, raw: bool = False) -> RedisStore:
+        return cls(url, f"fabench:{name}:", owner=True, raw=raw)
 
     @classmethod
     def attach(cls, spec, worker_id: int) -> RedisStore:
-        url, prefix = spec
-        return cls(url, prefix, owner=False, worker_id=worker_id)
+        url, prefix, raw = spec
+        return cls(url, prefix, owner=False, worker_id=worker_id, raw=raw)
 
     def worker_spec(self):
-        return (self.url, self.prefix)
+        return (self.url, self.prefix, self.raw)
 
     def used_memory(self) -> int:
         return int(self.client.info("memory")["used_memory"])
@@ -338,3 +349,85 @@ class RedisStore(_CounterStore):
                     self.client.delete(*stale)
         finally:
             self.client.close()
+
+
+class Iceoryx2Peer:
+    """iceoryx2's Python bindings: publish-subscribe of ``Slice[c_uint8]``, publisher and subscriber in one process.
+
+    Not a store (a sample lives until it is dropped, there is no handle to keep), so the one
+    workload it runs is the round trip that stands for a pool's allocate → get → release: loan
+    a slice of the value's length, write the value into it, send, receive, read it back as
+    bytes (msgpack-unpacked for the dict), drop the sample. Written as fast as the public API
+    allows: ``ctypes.memmove`` into ``payload_ptr`` and ``ctypes.string_at`` out of it, ~1.5 µs
+    less than going through ``payload()``'s ``Slice`` and its memoryview. ``loan_slice_uninit``
+    and ``assume_init`` are Python wrappers in the bindings (type checks per call), which is part
+    of what a user pays.
+    """
+
+    def __init__(self, name: str, max_len: int, raw: bool):
+        import ctypes
+
+        import iceoryx2 as iox2
+
+        # Its "no config file, using defaults" warning would break the progress bar.
+        iox2.set_log_level_from_env_or(iox2.LogLevel.Error)
+        self.raw = raw
+        self._node = iox2.NodeBuilder.new().create(iox2.ServiceType.Ipc)
+        self._service = (self._node.service_builder(iox2.ServiceName.new(name))
+                         .publish_subscribe(iox2.Slice[ctypes.c_uint8]).create())
+        self._publisher = self._service.publisher_builder().initial_max_slice_len(max_len).create()
+        self._subscriber = self._service.subscriber_builder().create()
+
+    def round_trip(self, value):
+        """One round trip of ``value``, as rep_cycle does it; what came back (a check that it carries the data)."""
+        import ctypes
+
+        data = value if self.raw else msgpack.packb(value)
+        sample = self._publisher.loan_slice_uninit(len(data))
+        ctypes.memmove(sample.payload_ptr, data, len(data))
+        sample.assume_init().send()
+        got = self._subscriber.receive()
+        try:
+            back = ctypes.string_at(got.payload_ptr, got.header.number_of_elements)
+        finally:
+            got.delete()
+        return back if self.raw else msgpack.unpackb(back)
+
+    def rep_cycle(self, value, n: int) -> float:
+        """``n`` round trips of ``value`` (round_trip inlined); the elapsed ns (the clock read around the loop only)."""
+        import ctypes
+
+        from .timing import clock
+
+        loan, receive = self._publisher.loan_slice_uninit, self._subscriber.receive
+        memmove, string_at = ctypes.memmove, ctypes.string_at
+        if self.raw:
+            size = len(value)
+            t0 = clock()
+            for _ in range(n):
+                sample = loan(size)
+                memmove(sample.payload_ptr, value, size)
+                sample.assume_init().send()
+                got = receive()
+                string_at(got.payload_ptr, got.header.number_of_elements)
+                got.delete()
+            return clock() - t0
+        packb, unpackb = msgpack.packb, msgpack.unpackb
+        t0 = clock()
+        for _ in range(n):
+            data = packb(value)
+            size = len(data)
+            sample = loan(size)
+            memmove(sample.payload_ptr, data, size)
+            sample.assume_init().send()
+            got = receive()
+            unpackb(string_at(got.payload_ptr, got.header.number_of_elements))
+            got.delete()
+        return clock() - t0
+
+    def close(self) -> None:
+        """Drop the ports, the service and the node: iceoryx2 removes the service's files with the last of them."""
+        for port in (self._subscriber, self._publisher):
+            if port is not None:
+                port.delete()
+        self._subscriber = self._publisher = self._service = self._node = None

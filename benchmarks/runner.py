@@ -21,7 +21,7 @@ import traceback
 
 import psutil
 
-from . import systems, workloads
+from . import headtohead, systems, workloads
 
 SHM_DIR = "/dev/shm"
 STOP_GRACE = 10.0  # seconds a timed-out child gets to clean up after SIGTERM
@@ -141,8 +141,9 @@ def _run_child(target, args, timeout: float, on_message) -> str | None:
 
 
 def run_all(settings, names: list[str], progress) -> Results:
-    """Every named system in turn, then the RedisPool section; then sweep leftovers."""
+    """The head-to-head, then every named system in turn, then the RedisPool section; then sweep leftovers."""
     results = Results()
+    headtohead.run(settings, names, results, progress)
     for name in names:
         index = [s.name for s in systems.SYSTEMS].index(name)
         labels = [label for label, _ in workloads.plan(systems.BY_NAME[name], settings)]

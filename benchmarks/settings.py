@@ -17,6 +17,7 @@ class Settings:
     n_min: int = 10  # ops per repetition, at least...
     n_max: int = 2000  # ...and at most (also the live set of get/set)
     batches_max: int = 20  # batches of 100 per repetition
+    h2h_rounds: int = 61  # rounds of the head-to-head (each: one repetition of every contender)
     mp_procs: tuple[int, ...] = (1, 2, 4)
     mp_seconds: float = 2.0  # each multi-process run lasts this long
     create_reps: int = 7
@@ -40,6 +41,7 @@ class Settings:
             reps=5,
             rep_budget_ns=15_000_000,
             n_max=500,
+            h2h_rounds=11,
             batches_max=5,
             mp_seconds=0.25,
             create_reps=3,

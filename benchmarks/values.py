@@ -1,8 +1,9 @@
 """The values every system stores, and the initializer eager pools are created with.
 
 All systems get the very same Python objects, so serialization work differs only where a
-system's own design makes it differ (pickle in Manager/UltraDict/shared-memory-dict, msgpack
-elsewhere, nothing at all in a plain dict).
+system's own design makes it differ: the pools msgpack everything; the compiled floor, LMDB,
+Redis and iceoryx2 msgpack the dict and store bytes as they are; Manager, UltraDict and
+shared-memory-dict pickle; a plain dict stores the object.
 """
 
 from __future__ import annotations
@@ -18,10 +19,15 @@ SMALL: dict = {
     "active": True,
     "note": "x" * 23,
 }
+# 100 bytes, opaque: the payload of the compiled-core targets (a pool msgpacks it, adding a
+# 2-byte bin header; systems that store bytes store them as they are).
+BYTES100: bytes = bytes(range(100))
 # 4 KiB of opaque bytes: a buffer-sized payload (msgpack adds a 3-byte bin header).
 LARGE: bytes = bytes(range(256)) * 16
 
-VALUES: dict[str, object] = {"small": SMALL, "4k": LARGE}
+VALUES: dict[str, object] = {"small": SMALL, "bytes100": BYTES100, "4k": LARGE}
+# The value the multi-process runs cycle: small enough that the lock, not the copy, is contended.
+MP_KIND = "bytes100"
 
 # Slot sizes in bytes: the smallest multiple of 64 that holds each packed value, so that
 # pools are not flattered or penalized by slack.

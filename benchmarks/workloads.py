@@ -10,19 +10,22 @@ from __future__ import annotations
 
 import gc
 import multiprocessing
+import os
+import re
 from collections.abc import Callable
 from functools import partial
 
 from . import library, systems
 from .floor import FloorPool, grow_extent
-from .systems import attach_store, create_store, read_spec
+from .systems import FloorCStore, attach_store, create_store, read_spec
 from .timing import clock, error_row, repeat, row
-from .values import INITIALIZER, SLOT_SIZES, SMALL, VALUES
+from .values import INITIALIZER, MP_KIND, SLOT_SIZES, SMALL, VALUES
 
 OPS = ("allocate", "get", "set", "release", "cycle")
 BATCH = 100
 MP_WARMUP_CYCLES = 200
 WORKER_TIMEOUT = 60.0  # seconds a worker may take to attach, warm up or report
+SHM_DIR = "/dev/shm"
 
 
 # -- single-process ops ----------------------------------------------------------------------
@@ -62,13 +65,15 @@ def _rep_release(store, value, n: int) -> float:
     return clock() - t0
 
 
-def _rep_cycle(store, value, n: int) -> float:
-    alloc, get, set_, rel = store.allocate, store.get, store.set, store.release
+def rep_cycle(store, value, n: int) -> float:
+    """``n`` cycles (allocate → get → release) of ``value``; iceoryx2 runs its own round trip."""
+    if hasattr(store, "rep_cycle"):
+        return store.rep_cycle(value, n)
+    alloc, get, rel = store.allocate, store.get, store.release
     t0 = clock()
     for _ in range(n):
         h = alloc(value)
         get(h)
-        set_(h, value)
         rel(h)
     return clock() - t0
 
@@ -88,7 +93,10 @@ def choose_n(store, value, settings) -> int:
 
 
 def step_ops(system: str, session, kind: str) -> list[dict]:
-    """allocate, get, set, release and the full cycle (allocate→get→set→release) for one value kind."""
+    """allocate, get, set, release and the cycle (allocate → get → release) for one value kind.
+
+    A system that is no store (iceoryx2) runs the cycle only, n_max round trips a repetition.
+    """
     s, value = session.settings, VALUES[kind]
     rows: list[dict] = []
 
@@ -101,6 +109,9 @@ def step_ops(system: str, session, kind: str) -> list[dict]:
 
     store = create_store(system, session, kind)
     try:
+        if not systems.BY_NAME[system].store:
+            attempt("cycle", lambda: rep_cycle(store, value, s.n_max), s.n_max)
+            return rows
         n = choose_n(store, value, s)
         attempt("allocate", lambda: _rep_allocate(store, value, n), n)
         live = [store.allocate(value) for _ in range(n)]
@@ -108,7 +119,7 @@ def step_ops(system: str, session, kind: str) -> list[dict]:
         attempt("set", lambda: _rep_set(store, live, value), n)
         store.release_many(live)
         attempt("release", lambda: _rep_release(store, value, n), n)
-        attempt("cycle", lambda: _rep_cycle(store, value, n), n)
+        attempt("cycle", lambda: rep_cycle(store, value, n), n)
         rows.extend(_lock_trips(system, store, kind))
     finally:
         store.close()
@@ -166,19 +177,18 @@ def repeat_pairs(rep: Callable[[], tuple[float, float]], reps: int) -> list[tupl
 
 
 def _mp_worker(system: str, spec, worker_id: int, barrier, seconds: float, conn) -> None:
-    """Attach, warm up, wait for all, then run full cycles for ``seconds``; report counts."""
+    """Attach, warm up, wait for all, then run cycles (allocate → get → release) for ``seconds``; report counts."""
     store = None
     try:
         store = attach_store(system, spec, worker_id)
-        alloc, get, set_, rel = store.allocate, store.get, store.set, store.release
-        value = SMALL
+        alloc, get, rel = store.allocate, store.get, store.release
+        value = VALUES[MP_KIND]
         done = errors = 0
         first_error = None
         for _ in range(MP_WARMUP_CYCLES):
             try:
                 h = alloc(value)
                 get(h)
-                set_(h, value)
                 rel(h)
             except Exception as exc:  # counted below: the others are warming up concurrently
                 errors += 1
@@ -192,7 +202,6 @@ def _mp_worker(system: str, spec, worker_id: int, barrier, seconds: float, conn)
                 try:
                     h = alloc(value)
                     get(h)
-                    set_(h, value)
                     rel(h)
                     done += 1
                 except Exception as exc:  # a peer unsafe under concurrency: count it, keep going
@@ -210,14 +219,14 @@ def _mp_worker(system: str, spec, worker_id: int, barrier, seconds: float, conn)
 
 
 def step_mp(system: str, session, nprocs: int) -> list[dict]:
-    """``nprocs`` forked workers run full cycles on one store; aggregate cycles per second.
+    """``nprocs`` forked workers run cycles of the MP_KIND value on one store; aggregate cycles per second.
 
     fork, not spawn: the Manager proxy, UltraDict's lock and shared-memory-dict's lock are
     only shared with forked children. Pools and the floor still attach by name.
     """
     s = session.settings
     ctx = multiprocessing.get_context("fork")
-    store = create_store(system, session, "small")
+    store = create_store(system, session, MP_KIND)
     procs, conns = [], []
     try:
         spec = store.worker_spec()
@@ -318,7 +327,7 @@ def step_rss(system: str, session) -> list[dict]:
 
 def _create(system: str, name: str, capacity: int, slot_size: int, eager: bool):
     """Create a pool (eager: every slot holds INITIALIZER's value) and return a destroy callable."""
-    if system == "floor":
+    if system == "floor-py":
         pool = FloorPool.create(name, capacity, slot_size, initial=None if eager else ...)
         return lambda: (pool.unlink(), pool.close())
     extra = {"pre_initialize": True, "initializer": INITIALIZER} if eager else {}
@@ -346,10 +355,10 @@ def size_label(capacity: int) -> str:
 
 
 def step_grow(system: str, session) -> list[dict]:
-    """Growth by 1,000 slots: the allocate() that triggers it (GrowingPool), or the floor's extent."""
+    """Growth by 1,000 slots: the allocate() that triggers it (GrowingPool), or floor-py's extent."""
     s, step = session.settings, library.GROWTH_STEP
     samples: list[float] = []
-    if system == "floor":
+    if system == "floor-py":
         for _ in range(s.grow_reps + 1):
             t0 = clock()
             grow_extent(session.name(), step, SLOT_SIZES["small"])
@@ -387,17 +396,34 @@ def step_overhead(system: str, session) -> list[dict]:
     return rows
 
 
+def shm_bytes(name: str) -> int:
+    """Bytes of every /dev/shm entry of the object ``name`` (segments, extents, semaphores, lock files).
+
+    Counted from the file system, not from what the pool says of itself. Session names end
+    in a counter, so a name must not be followed by a digit ("…-1" is not "…-10").
+    """
+    own = re.compile(re.escape(name) + r"(?![0-9])")
+    return sum(os.stat(os.path.join(SHM_DIR, e)).st_size for e in os.listdir(SHM_DIR) if own.search(e))
+
+
+
 def _overhead(system: str, session, size: int) -> float:
     s = session.settings
-    if system == "floor" or system in library.KINDS:
-        cap = s.overhead_capacity
-        if system == "floor":
-            pool = FloorPool.create(session.name(), cap, size)
-            nbytes, destroy = pool.nbytes, lambda: (pool.unlink(), pool.close())
+    if system in ("floor-c", "floor-py") or system in library.KINDS:
+        cap, name = s.overhead_capacity, session.name()
+        if system == "floor-c":
+            store = FloorCStore.create(name, cap, size, packed=False)
+            destroy = store.close
+        elif system == "floor-py":
+            pool = FloorPool.create(name, cap, size)
+            destroy = lambda: (pool.unlink(), pool.close())  # noqa: E731
         else:
-            pool = library.create_pool(system, session.name(), cap, size)
-            nbytes, destroy = pool.nbytes, lambda: library.destroy_pool(pool)
-        destroy()
+            pool = library.create_pool(system, name, cap, size)
+            destroy = lambda: library.destroy_pool(pool)  # noqa: E731
+        try:
+            nbytes = shm_bytes(name)
+        finally:
+            destroy()
         return nbytes / (cap * size) - 1
     # Peers: the memory their data takes, for N values of exactly `size` bytes.
     count, payload = s.peer_overhead_values, bytes(size)
@@ -427,18 +453,20 @@ OVERHEAD_PEERS = ("Redis", "LMDB")
 def plan(system: systems.System, settings) -> list[tuple[str, Callable]]:
     """The steps ``system`` runs, in order, as (label, fn(system_name, session) -> rows)."""
     steps: list[tuple[str, Callable]] = [(f"ops/{kind}", partial(step_ops, kind=kind)) for kind in VALUES]
+    if not system.store:
+        return steps
     steps.append(("batch", step_batch))
     if system.multiprocess:
         steps += [(f"mp/{n}", partial(step_mp, nprocs=n)) for n in settings.mp_procs]
     if system.shared:
         steps.append(("rss", step_rss))
-    if system.name in settings.create_kinds or system.name == "floor":
+    if system.name in settings.create_kinds or system.name == "floor-py":
         for capacity in settings.create_sizes:
             for eager in (False, True):
                 label = f"create/{size_label(capacity)}/{'eager' if eager else 'lazy'}"
                 steps.append((label, partial(step_create, capacity=capacity, eager=eager)))
-    if system.name in ("GrowingPool", "floor"):
+    if system.name in ("GrowingPool", "floor-py"):
         steps.append(("grow/1000", step_grow))
-    if system.group == "library" or system.name == "floor" or system.name in OVERHEAD_PEERS:
+    if system.group in ("library", "floor") or system.name in OVERHEAD_PEERS:
         steps.append(("overhead", step_overhead))
     return steps

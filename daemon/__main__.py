@@ -85,13 +85,13 @@ class Daemon:
             self.config = daemon_config.load(self.args.config)
         self.registry.apply(self.config, strict=True)
         path = os.path.abspath(self.args.socket or daemon_config.choose_socket_path())
-        daemon_config.prepare_socket_dir(path)
+        daemon_config.prepare_socket_dir(path, self.config.access.socket_group)
         self.monitor = Monitor(self.registry, self.args.interval)
         self.monitor.start()
         if self.args.metrics_port is not None:
             self.metrics = _metrics_server(self.args.metrics_host, self.args.metrics_port, self.monitor)
         # The socket last: a client that gets an answer finds everything else up.
-        self.server = ControlServer(path, self.registry, self.ping)
+        self.server = ControlServer(path, self.registry, self.ping, self.config.access)
         self.server.start()
         print(self.banner(), flush=True)
         notify("READY=1", f"STATUS=serving {len(self.registry.names())} pool(s) on {path}")

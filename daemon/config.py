@@ -14,11 +14,25 @@ Every other PoolConfig field is accepted under its own name (alignment,
 pre_initialize, initializer = "module:qualname", reset = ["mod:create",
 "mod:reset"], huge_pages, lock_timeout, orphan_policy, batch_size, mode).
 Unknown keys are errors, so a typo never silently falls back to a default.
+Pools with callables are declared here only: no request over the socket may
+name a function for the daemon to import.
+
+Who may use the control socket (top-level keys; the daemon's own uid and root always may):
+
+```toml
+allowed_uids = [1001, 1002]     # peers by uid (SO_PEERCRED)
+allowed_gids = [998]            # peers by primary or supplementary group
+socket_group = "fastalloc"      # socket directory 0750 and socket 0660, of this group (also allowed)
+max_connections_per_uid = 16
+frame_deadline = 10.0           # seconds for a whole request frame to arrive
+```
 """
 
 from __future__ import annotations
 
+import grp
 import os
+import stat
 import tempfile
 import tomllib
 from dataclasses import dataclass, field
@@ -45,11 +59,27 @@ class PoolSpec:
 
 
 @dataclass(frozen=True)
+class Access:
+    """Who may talk to the control socket, and the bounds on what each peer may hold."""
+
+    allowed_uids: frozenset[int] = frozenset()
+    allowed_gids: frozenset[int] = frozenset()
+    socket_group: int | None = None
+    max_connections_per_uid: int = 16
+    frame_deadline: float = 10.0
+
+    def allows(self, uid: int, gids: set[int]) -> bool:
+        """The daemon's own uid, root, an allowed uid, or a member of an allowed group."""
+        return uid in (os.getuid(), 0) or uid in self.allowed_uids or bool(gids & self.allowed_gids)
+
+
+@dataclass(frozen=True)
 class DaemonConfig:
     """The pools to run; `source` is the file they came from (None: the embedded default)."""
 
     pools: dict[str, PoolSpec] = field(default_factory=dict)
     source: str | None = None
+    access: Access = field(default_factory=Access)
 
 
 EMBEDDED_DEFAULT = DaemonConfig({"default": PoolSpec("default", "fixed", PoolConfig(capacity=1024, slot_size=256))})
@@ -69,9 +99,14 @@ def load(path: str) -> DaemonConfig:
 
 def parse(data: dict[str, Any], source: str) -> DaemonConfig:
     """Validate the parsed TOML document `data`."""
-    unknown = set(data) - {"pools"}
+    unknown = set(data) - {"pools"} - set(_ACCESS_KEYS)
     if unknown:
-        raise ConfigError(f"{source}: unknown top-level key {sorted(unknown)[0]!r}; pools go in [pools.NAME] tables")
+        raise ConfigError(f"{source}: unknown top-level key {sorted(unknown)[0]!r}; pools go in [pools.NAME] tables,"
+                          f" and the top-level keys are {', '.join(_ACCESS_KEYS)}")
+    try:
+        access = access_settings(data)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
     tables = data.get("pools", {})
     if not isinstance(tables, dict):
         raise ConfigError(f"{source}: 'pools' must be a table of [pools.NAME] tables")
@@ -81,7 +116,36 @@ def parse(data: dict[str, Any], source: str) -> DaemonConfig:
             pools[name] = pool_spec(name, table)
         except ConfigError as exc:
             raise ConfigError(f"{source}: [pools.{name}]: {exc}") from None
-    return DaemonConfig(pools, source)
+    return DaemonConfig(pools, source, access)
+
+
+_ACCESS_KEYS = ("allowed_uids", "allowed_gids", "socket_group", "max_connections_per_uid", "frame_deadline")
+
+
+def access_settings(data: dict[str, Any]) -> Access:
+    """The top-level access keys of a config document."""
+    ids = {}
+    for key in ("allowed_uids", "allowed_gids"):
+        values = data.get(key, [])
+        if not isinstance(values, list) or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0
+                                                   for v in values):
+            raise ConfigError(f"{key}: expected a list of numeric ids, got {values!r}")
+        ids[key] = frozenset(values)
+    group = data.get("socket_group")
+    gid = None
+    if group is not None:
+        try:
+            gid = group if isinstance(group, int) and not isinstance(group, bool) else grp.getgrnam(group).gr_gid
+        except (KeyError, TypeError):
+            raise ConfigError(f"socket_group: no group {group!r} on this system") from None
+    cap = data.get("max_connections_per_uid", Access.max_connections_per_uid)
+    if isinstance(cap, bool) or not isinstance(cap, int) or cap < 1:
+        raise ConfigError(f"max_connections_per_uid: expected an int >= 1, got {cap!r}")
+    deadline = data.get("frame_deadline", Access.frame_deadline)
+    if isinstance(deadline, bool) or not isinstance(deadline, (int, float)) or not 0 < deadline <= 600:
+        raise ConfigError(f"frame_deadline: expected seconds in (0, 600], got {deadline!r}")
+    gids = ids["allowed_gids"] | ({gid} if gid is not None else set())
+    return Access(ids["allowed_uids"], frozenset(gids), gid, cap, float(deadline))
 
 
 def pool_spec(name: str, table: Any) -> PoolSpec:
@@ -140,12 +204,20 @@ def choose_socket_path() -> str:
     return candidates[-1]
 
 
-def prepare_socket_dir(path: str) -> None:
-    """Create the socket's directory (0700); refuse a temp-dir one that another user could own."""
+def prepare_socket_dir(path: str, group: int | None = None) -> None:
+    """Create the socket's directory: 0700, or 0750 of `group` so its members can reach the socket.
+
+    A directory that already exists must be ours and not a symlink (clients
+    check the same before they send), else someone else may have made it first."""
     directory = os.path.dirname(path) or "."
     os.makedirs(directory, mode=0o700, exist_ok=True)
-    if os.path.dirname(directory) == tempfile.gettempdir():
-        st = os.lstat(directory)
-        if st.st_uid != os.getuid() or not os.path.isdir(directory) or os.path.islink(directory):
-            raise ConfigError(f"socket directory {directory} is not a directory owned by this user; remove it")
+    st = os.lstat(directory)
+    if st.st_uid != os.getuid() or not os.path.isdir(directory) or os.path.islink(directory):
+        raise ConfigError(f"socket directory {directory} is not a directory owned by this user; remove it")
+    if group is not None:
+        os.chown(directory, -1, group)
+        os.chmod(directory, 0o750)
+    elif os.path.dirname(directory) == tempfile.gettempdir():
         os.chmod(directory, 0o700)
+    elif stat.S_IMODE(st.st_mode) & 0o022:
+        raise ConfigError(f"socket directory {directory} is writable by group or others; chmod go-w it")

@@ -2,7 +2,9 @@
 
 Every `interval` seconds it
 1. forgets registered clients that died (pid gone, a zombie, or reused by a
-   newer process) and runs `recover()` on the pools they named;
+   newer process) and runs `recover()` on the pools they named, waiting at
+   most REPAIR_WAIT for a pool's lock: a pool whose lock holder is stopped is
+   tried again on the next pass, and nothing a request needs is held meanwhile;
 2. runs `recover()` on any pool whose client table lists a dead process, so
    clients that never registered are repaired after too (their magazines of
    cached slots go back to the free list);
@@ -35,6 +37,8 @@ LOW_SHM_FREE_RATIO = 0.10
 # A low peak says nothing about a pool that has barely been used: judge it
 # only after this many allocations (or one capacity's worth, if smaller).
 MIN_TRAFFIC = 1000
+# Seconds the monitor waits for one pool's lock before leaving it for the next pass.
+REPAIR_WAIT = 0.25
 
 
 @dataclass(frozen=True)
@@ -126,6 +130,8 @@ class Monitor:
         self._handled: set[tuple[str, int]] = set()
         self._dead_clients = 0
         self._recoveries = 0
+        # Pools whose repair waits for a busy lock (logged once until it succeeds).
+        self._busy: set[str] = set()
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="fastalloc-shmd-monitor", daemon=True)
@@ -175,10 +181,17 @@ class Monitor:
         for name, pids in sorted(suspects.items()):
             started = time.monotonic()
             try:
-                report = self.registry.recover(name)
+                report = self.registry.try_recover(name, REPAIR_WAIT)
             except (FastallocError, OSError) as exc:
                 log.error("pool %r: recovery after dead pid(s) %s failed, will retry: %s", name, sorted(pids), exc)
                 continue
+            if report is None:
+                if name not in self._busy:
+                    log.warning("pool %r: its lock is held by a live process (stopped?); recovery after dead pid(s)"
+                                " %s is retried every pass", name, ", ".join(map(str, sorted(pids))))
+                    self._busy.add(name)
+                continue
+            self._busy.discard(name)
             self._handled.update((name, pid) for pid in pids)
             if report.repaired:
                 self._recoveries += 1

@@ -1,8 +1,11 @@
 """The pools the daemon manages and the client processes registered with it.
 
 The control server's connection threads and the monitor thread share the
-pool objects; every use of them goes through a Registry method that holds
-one lock, so no pool object is ever used by two daemon threads at once.
+pool objects. The registry's lock guards the tables and is held only for
+quick work (lock-free reads of counters and client tables); anything that may
+wait on a pool's own lock (recover) runs outside it, under that pool's `busy`
+lock, so a stopped lock holder of one pool never stalls the socket. Closing a
+pool takes its `busy` lock too, so no pool object is closed while in use.
 
 A managed pool is either *owned* (declared in the config or created through
 the `create` op: unlinked when the daemon stops, unless `persist`) or merely
@@ -18,12 +21,10 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from fastalloc_shm import _names, attach, unlink
-from fastalloc_shm._liveness import is_alive, start_ticks
-from fastalloc_shm._lock import ClientInfo
+from fastalloc_shm import _admin, _names, attach, unlink
+from fastalloc_shm._admin import AnyPool, ClientInfo
 from fastalloc_shm.errors import FastallocError, IncompatiblePool, PoolExistsError, PoolNotFound
 from fastalloc_shm.kinds import POOL_KINDS
-from fastalloc_shm.pool import SharedPool, list_pools
 from fastalloc_shm.report import RecoveryReport
 from fastalloc_shm.stats import PoolStatistics
 
@@ -36,7 +37,7 @@ log = logging.getLogger("fastalloc_shmd")
 class Managed:
     """One pool held open by the daemon, and what the daemon did to it."""
 
-    pool: SharedPool
+    pool: AnyPool
     spec: PoolSpec
     owned: bool
     inode: int | None
@@ -44,6 +45,12 @@ class Managed:
     declared: bool = False
     recoveries: int = 0
     last_recovery: dict[str, Any] | None = None
+    busy: threading.Lock = field(default_factory=threading.Lock)
+    """Held while the pool object is used outside the registry lock, or closed."""
+
+    def close(self) -> None:
+        with self.busy:
+            self.pool.close()
 
 
 @dataclass
@@ -119,28 +126,39 @@ class Registry:
         """The `destroy` op: unlink pool `name`, managed or not."""
         with self._lock:
             managed = self._pools.pop(name, None)
-            if managed is None and name not in list_pools():
+            if managed is None and name not in _admin.list_pools():
                 raise PoolNotFound(f"no pool named {name!r} on this machine")
-            if managed is not None:
-                managed.pool.close()
-            unlink(name)
             for client in self._clients.values():
                 client.pools.discard(name)
+        if managed is not None:
+            managed.close()
+        unlink(name)
         log.info("pool %r destroyed on request", name)
 
     def register(self, pid: int, names: list[str]) -> dict[str, Any]:
         """The `register` op: watch `pid` and repair `names` if it dies."""
-        started = start_ticks(pid)
-        if not started or not is_alive(pid, started):
+        started = _admin.start_ticks(pid)
+        if not started or not _admin.process_alive(pid, started):
             raise FastallocError(f"pid {pid} is not a running process; register a live one")
         with self._lock:
-            for name in names:
-                if name not in self._pools:
-                    pool = attach(name)
-                    self._pools[name] = Managed(pool, PoolSpec(name, pool.kind, pool.config), False, _inode(name))
-                    log.info("watching pool %r (used by pid %d)", name, pid)
+            new = [name for name in names if name not in self._pools]
+        opened = {}
+        try:
+            for name in new:  # outside the registry lock: attach may wait for a pool's creator
+                opened[name] = attach(name)
+        except BaseException:
+            for pool in opened.values():
+                pool.close()
+            raise
+        with self._lock:
+            for name, pool in opened.items():
+                if name in self._pools:
+                    pool.close()  # another request opened it meanwhile
+                    continue
+                self._pools[name] = Managed(pool, PoolSpec(name, pool.kind, pool.config), False, _inode(name))
+                log.info("watching pool %r (used by pid %d)", name, pid)
             client = self._clients.get(pid)
-            if client is None or not is_alive(pid, client.start_ticks):
+            if client is None or not _admin.process_alive(pid, client.start_ticks):
                 client = self._clients[pid] = Client(pid, started)
             client.pools.update(names)
             return {"pid": pid, "pools": sorted(client.pools)}
@@ -176,31 +194,56 @@ class Registry:
             return {name: self.stats(name) for name in sorted(self._pools)}
 
     def recover(self, name: str, orphan_policy: str | None = None) -> RecoveryReport:
-        """Run `recover()` on pool `name`, counting the repairs the daemon made."""
+        """The `recover` op: `recover()` on pool `name` (waiting up to its lock_timeout), counting repairs."""
         with self._lock:
             managed = self._get(name)
+        with managed.busy:
+            if self._pools.get(name) is not managed:
+                raise PoolNotFound(f"pool {name!r} was destroyed meanwhile")
             report = managed.pool.recover(orphan_policy=orphan_policy)
-            if report.repaired:
+        self._count(managed, report)
+        return report
+
+    def try_recover(self, name: str, wait_s: float) -> RecoveryReport | None:
+        """For the monitor: `recover()` on pool `name` if its lock (and the pool object) are free within
+        `wait_s`; None when busy, to be tried on a later pass. The registry lock is not held meanwhile."""
+        with self._lock:
+            managed = self._get(name)
+        if not managed.busy.acquire(timeout=wait_s):
+            return None
+        try:
+            if self._pools.get(name) is not managed:
+                return None
+            report = _admin.try_recover(managed.pool, wait_s)
+        finally:
+            managed.busy.release()
+        if report is not None:
+            self._count(managed, report)
+        return report
+
+    def _count(self, managed: Managed, report: RecoveryReport) -> None:
+        if report.repaired:
+            with self._lock:
                 managed.recoveries += 1
                 managed.last_recovery = report.to_dict()
-            return report
 
     def recover_all(self, orphan_policy: str | None = None) -> list[RecoveryReport]:
         """The `recover` op without a name: every managed pool."""
-        with self._lock:
-            return [self.recover(name, orphan_policy) for name in sorted(self._pools)]
+        return [self.recover(name, orphan_policy) for name in self.names()]
 
     def sample(self) -> list[PoolSample]:
         """Counters and client tables of every managed pool, for the monitor."""
         samples = []
         with self._lock:
-            self._forget_replaced()
+            gone = self._forget_replaced()
             for name, managed in sorted(self._pools.items()):
                 try:
                     samples.append(PoolSample(name, managed.pool.kind, managed.pool.statistics(),
                                               tuple(managed.pool.clients())))
                 except (FastallocError, OSError) as exc:
                     log.error("pool %r cannot be read: %s", name, exc)
+        for managed in gone:
+            managed.close()
         return samples
 
     def clients(self) -> dict[int, set[str]]:
@@ -211,7 +254,7 @@ class Registry:
     def pop_dead_clients(self) -> list[Client]:
         """Forget the registered clients that have died, and return them."""
         with self._lock:
-            dead = [c for c in self._clients.values() if not is_alive(c.pid, c.start_ticks)]
+            dead = [c for c in self._clients.values() if not _admin.process_alive(c.pid, c.start_ticks)]
             for client in dead:
                 del self._clients[client.pid]
             return dead
@@ -221,7 +264,7 @@ class Registry:
         with self._lock:
             for name, managed in self._pools.items():
                 try:
-                    managed.pool.close()
+                    managed.close()
                     if managed.owned and not managed.spec.persist and _inode(name) == managed.inode:
                         unlink(name)
                         log.info("pool %r unlinked", name)
@@ -248,13 +291,15 @@ class Registry:
         managed.spec = PoolSpec(spec.name, managed.spec.kind, managed.spec.config, spec.persist)
         managed.owned = managed.declared = True
 
-    def _forget_replaced(self) -> None:
-        """Let go of pools someone else unlinked (e.g. `fastalloc-shm rm`), so stop never unlinks a successor."""
+    def _forget_replaced(self) -> list[Managed]:
+        """Let go of pools someone else unlinked (e.g. `fastalloc-shm rm`), so stop never unlinks a successor;
+        the caller closes them once it no longer holds the registry lock."""
+        gone = []
         for name, managed in list(self._pools.items()):
             if _inode(name) != managed.inode:
                 log.warning("pool %r was unlinked by another process; the daemon lets go of it", name)
-                del self._pools[name]
-                managed.pool.close()
+                gone.append(self._pools.pop(name))
+        return gone
 
     def _get(self, name: str) -> Managed:
         managed = self._pools.get(name)

@@ -1,7 +1,12 @@
 """The control socket: frames in, Registry calls, frames out.
 
 One thread per connection (socketserver's ThreadingMixIn), many requests per
-connection. Nothing a peer sends stops the server: a frame that is not a
+connection. A peer is served only if its SO_PEERCRED uid is the daemon's,
+root's, or allowed by the config (by uid or group), and while it holds fewer
+than `max_connections_per_uid` connections; anyone else gets an error reply
+and is disconnected. A frame must arrive whole within `frame_deadline`
+seconds of its first byte, so a peer that trickles bytes cannot keep a
+connection slot. Nothing a peer sends stops the server: a frame that is not a
 msgpack map, or names an unknown op, or carries bad arguments gets an error
 reply and the connection stays usable; a frame announcing more than 1 MiB
 gets an error reply and the connection is closed (the stream cannot be
@@ -16,8 +21,8 @@ import os
 import socket
 import socketserver
 import stat
-import struct
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -27,15 +32,14 @@ from fastalloc_shm.config import PoolConfig
 from fastalloc_shm.errors import ConfigError, FastallocError
 from fastalloc_shm.kinds import POOL_KINDS
 
-from .config import PoolSpec
+from .config import Access, PoolSpec
 from .registry import Registry
 
 log = logging.getLogger("fastalloc_shmd")
-# Bounds on what peers can hold: a connection is a thread, and a silent peer
-# (or one that stops mid-frame) is dropped after IDLE_TIMEOUT.
+# Bounds on what peers can hold: a connection is a thread; a silent peer is
+# dropped after IDLE_TIMEOUT between frames, a slow one at the frame deadline.
 MAX_CONNECTIONS = 64
 IDLE_TIMEOUT = 60.0
-_PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 _MISSING = object()
 
 
@@ -45,17 +49,25 @@ class ControlServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
     block_on_close = False
 
-    def __init__(self, path: str, registry: Registry, ping: Callable[[], dict[str, Any]]) -> None:
+    def __init__(self, path: str, registry: Registry, ping: Callable[[], dict[str, Any]],
+                 access: Access | None = None) -> None:
         _remove_stale_socket(path)
-        # The socket is created 0600 from the start, not chmod-ed after a window.
+        self.access = access or Access()
+        # The socket is created 0600 from the start, not chmod-ed after a window;
+        # 0660 of the configured group only in a directory that group may enter.
         umask = os.umask(0o177)
         try:
             super().__init__(path, _Connection)
         finally:
             os.umask(umask)
+        if self.access.socket_group is not None:
+            os.chown(path, -1, self.access.socket_group)
+            os.chmod(path, 0o660)
         self.path = path
         self._inode = os.stat(path).st_ino
         self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self._per_uid: dict[int, int] = {}
+        self._per_uid_lock = threading.Lock()
         self.ops: dict[str, Callable[[dict[str, Any], int], Any]] = {
             "ping": lambda request, peer: ping(),
             "list": lambda request, peer: registry.list(),
@@ -84,15 +96,34 @@ class ControlServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
             pass
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
-        if self._slots.acquire(blocking=False):
-            return True
-        log.warning("control socket: %d connections open; refusing another", MAX_CONNECTIONS)
-        return False
+        pid, uid, gid = _protocol.peer_credentials(request)
+        if not self.access.allows(uid, {gid} | _supplementary_groups(pid)):
+            log.warning("control socket: refused pid %d (uid %d, gid %d): not allowed by the config", pid, uid, gid)
+            _refuse(request, f"uid {uid} may not use this fastalloc-shmd; its config's allowed_uids/allowed_gids"
+                    " name who may")
+            return False
+        with self._per_uid_lock:
+            if self._per_uid.get(uid, 0) >= self.access.max_connections_per_uid:
+                log.warning("control socket: uid %d holds %d connections; refusing another", uid,
+                            self._per_uid[uid])
+                _refuse(request, f"uid {uid} holds {self._per_uid[uid]} connections, the most one uid may")
+                return False
+            if not self._slots.acquire(blocking=False):
+                log.warning("control socket: %d connections open; refusing another", MAX_CONNECTIONS)
+                _refuse(request, f"{MAX_CONNECTIONS} connections open; try again")
+                return False
+            self._per_uid[uid] = self._per_uid.get(uid, 0) + 1
+        return True
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
+        uid = _protocol.peer_credentials(request)[1]
         try:
             super().process_request_thread(request, client_address)
         finally:
+            with self._per_uid_lock:
+                self._per_uid[uid] -= 1
+                if not self._per_uid[uid]:
+                    del self._per_uid[uid]
             self._slots.release()
 
     def answer(self, body: bytes, peer: int) -> dict[str, Any]:
@@ -118,15 +149,25 @@ class _Connection(socketserver.BaseRequestHandler):
 
     def handle(self) -> None:
         sock: socket.socket = self.request
-        sock.settimeout(IDLE_TIMEOUT)
-        peer = _PEERCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size))[0]
+        peer = _protocol.peer_credentials(sock)[0]
+        deadline = self.server.access.frame_deadline
         while True:
             try:
-                body = _protocol.recv_frame(sock)
+                sock.settimeout(IDLE_TIMEOUT)
+                if not sock.recv(1, socket.MSG_PEEK):
+                    return
+            except OSError:  # idle past IDLE_TIMEOUT, or reset by the peer
+                return
+            try:
+                body = _protocol.recv_frame(sock, time.monotonic() + deadline)
             except ProtocolError as exc:
                 self._send(sock, _protocol.error("ProtocolError", str(exc)))
                 return
-            except OSError:  # idle timeout, reset by peer
+            except TimeoutError:
+                log.warning("control socket: pid %d did not send a whole frame within %s s; disconnected", peer, deadline)
+                self._send(sock, _protocol.error("ProtocolError", f"a frame must arrive whole within {deadline} s"))
+                return
+            except OSError:  # reset by the peer
                 return
             if body is None or not self._send(sock, self.server.answer(body, peer)):
                 return
@@ -138,19 +179,56 @@ class _Connection(socketserver.BaseRequestHandler):
         except (ProtocolError, TypeError, ValueError) as exc:
             frame = _protocol.encode(_protocol.error("InternalError", f"reply cannot be sent: {exc}"))
         try:
+            sock.settimeout(IDLE_TIMEOUT)
             sock.sendall(frame)
             return True
         except OSError:
             return False
 
 
+def _refuse(sock: socket.socket, message: str) -> None:
+    """An error reply to a peer about to be disconnected; best effort, never blocking for long."""
+    try:
+        sock.settimeout(0.5)
+        sock.sendall(_protocol.encode(_protocol.error("PermissionDenied", message)))
+    except OSError:
+        pass
+
+
+def _supplementary_groups(pid: int) -> set[int]:
+    """The peer's supplementary groups (SO_PEERCRED gives only the primary one)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("Groups:"):
+                    return {int(g) for g in line.split()[1:]}
+    except (OSError, ValueError):
+        pass
+    return set()
+
+
 def _create(registry: Registry, request: dict[str, Any]) -> dict[str, Any]:
     kind = _arg(request, "kind", str, "fixed")
     if kind not in POOL_KINDS:
         raise ConfigError(f"kind: {kind!r} is not one of {', '.join(POOL_KINDS)}")
-    spec = PoolSpec(_arg(request, "name", str), kind, _pool_config(_arg(request, "config", dict)),
-                    _arg(request, "persist", bool, False))
+    record = _arg(request, "config", dict)
+    for field_name in CALLABLE_FIELDS:
+        if _names_a_callable(field_name, record.get(field_name)):
+            raise ConfigError(
+                f"{field_name}: the daemon imports or calls no function named in a request; declare a pool with"
+                " callables in the daemon's config file ([pools.NAME] in its TOML) and reload it (SIGHUP)"
+            )
+    spec = PoolSpec(_arg(request, "name", str), kind, _pool_config(record), _arg(request, "persist", bool, False))
     return registry.create(spec, exist_ok=_arg(request, "exist_ok", bool, False))
+
+
+CALLABLE_FIELDS = ("initializer", "reset", "growth_strategy")
+
+
+def _names_a_callable(field_name: str, value: Any) -> bool:
+    if field_name == "growth_strategy":
+        return isinstance(value, dict) and (value.get("kind") == "custom" or value.get("fn") is not None)
+    return value is not None
 
 
 def _stats(registry: Registry, request: dict[str, Any]) -> dict[str, Any]:

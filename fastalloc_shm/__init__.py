@@ -5,6 +5,7 @@ its name attaches and allocates, reads and releases msgpack values through
 integer handles. `RedisPool` runs the same API on Redis across hosts.
 """
 
+from . import handle
 from .config import GrowthStrategy, PoolConfig
 from .errors import (
     ConfigError,
@@ -50,6 +51,7 @@ __all__ = [
     "RecoveryReport",
     "attach",
     "unlink",
+    "handle",
     "FastallocError",
     "PoolExhausted",
     "StaleHandle",

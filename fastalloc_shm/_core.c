@@ -934,7 +934,8 @@ static int ask_growth(Core *c, Py_ssize_t wanted)
 
 static PyObject *exhausted(Core *c, Py_ssize_t wanted)
 {
-    __atomic_fetch_add(&c->hdr[HDR_FAILURES], 1, __ATOMIC_RELAXED);
+    /* One per slot refused, as total_allocations counts one per slot (RedisPool too). */
+    __atomic_fetch_add(&c->hdr[HDR_FAILURES], (uint64_t)wanted, __ATOMIC_RELAXED);
     return RAISE(c, E_EXHAUSTED, "n)", wanted);
 }
 

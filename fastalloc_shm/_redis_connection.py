@@ -4,16 +4,19 @@ It owns what redis-py leaves to the caller: the optional import, timeouts on
 every call, script loading (SCRIPT LOAD once, EVALSHA after, reload on
 NOSCRIPT after a restart or SCRIPT FLUSH) and turning redis-py's exceptions
 into this library's. Messages name the server as host:port and never carry
-a password; `mask_url` is what reprs show.
+a password or a user name (a token is often given as one); `mask_url` is what
+reprs show, `public_url` what travels in a pickle, and `with_local_credentials`
+how a receiving process logs in with its own.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 from collections.abc import Iterator, Sequence
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from ._redis_errors import EXTRA_HINT, RedisNotInstalled, RedisUnavailable, ScriptError
 from ._redis_scripts import Script
@@ -42,7 +45,10 @@ except ImportError:  # the `redis` extra is optional: RedisPool says so when use
 # ?socket_connect_timeout=... win over these (redis-py gives query options precedence).
 CONNECT_TIMEOUT = 2.0
 SOCKET_TIMEOUT = 5.0
-_PASSWORD_IN_QUERY = re.compile(r"(password=)[^&]*", re.IGNORECASE)
+_SECRET_IN_QUERY = re.compile(r"((?:password|username)=)[^&]*", re.IGNORECASE)
+URL_ENV = "FASTALLOC_REDIS_URL"
+AUTH_ENV = "REDISCLI_AUTH"
+_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
 def require_redis() -> None:
@@ -51,23 +57,67 @@ def require_redis() -> None:
         raise RedisNotInstalled(f"RedisPool needs the redis package, an optional extra: {EXTRA_HINT}")
 
 
-def mask_url(url: str) -> str:
-    """`url` with any password replaced by `***`, for reprs and messages."""
+def _strip(url: str, replacement: str | None) -> str:
     parts = urlsplit(url)
-    netloc = parts.netloc
-    if parts.password is not None:
-        userinfo, _, hostport = netloc.rpartition("@")
-        netloc = f"{userinfo.partition(':')[0]}:***@{hostport}"
-    return urlunsplit(parts._replace(netloc=netloc, query=_PASSWORD_IN_QUERY.sub(r"\1***", parts.query)))
+    userinfo, at, hostport = parts.netloc.rpartition("@")
+    netloc = (f"{replacement}@{hostport}" if replacement else hostport) if at else parts.netloc
+    query = _SECRET_IN_QUERY.sub(r"\1***", parts.query) if replacement else "&".join(
+        p for p in parts.query.split("&") if p and not _SECRET_IN_QUERY.match(p))
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+def mask_url(url: str) -> str:
+    """`url` with its user name and password (in the netloc or the query) shown as `***`, for reprs."""
+    return _strip(url, "***")
+
+
+def public_url(url: str) -> str:
+    """`url` without any credentials: what may travel to another process (a pickle)."""
+    return _strip(url, None)
+
+
+def with_local_credentials(url: str) -> tuple[str, str | None]:
+    """`url` (credential-free) with this process's own credentials: the user and password of
+    `$FASTALLOC_REDIS_URL` (when it names the same server), else the password `$REDISCLI_AUTH`.
+    Also says where they came from (None: this process has none)."""
+    env_url = os.environ.get(URL_ENV)
+    if env_url:
+        try:
+            same = address(env_url) == address(url)
+        except ConfigError:
+            same = False
+        if same:
+            userinfo, at, _ = urlsplit(env_url).netloc.rpartition("@")
+            if at:
+                parts = urlsplit(url)
+                return urlunsplit(parts._replace(netloc=f"{userinfo}@{parts.netloc}")), URL_ENV
+    password = os.environ.get(AUTH_ENV)
+    if password:
+        parts = urlsplit(url)
+        if parts.scheme != "unix":
+            return urlunsplit(parts._replace(netloc=f":{quote(password, safe='')}@{parts.netloc}")), AUTH_ENV
+    return url, None
 
 
 def address(url: str) -> str:
-    """`host:port` (or the socket path) that `url` points at."""
-    parts = urlsplit(url)
-    if parts.scheme == "unix":
-        return parts.path
-    host = parts.hostname or "localhost"
-    return f"[{host}]:{parts.port or 6379}" if ":" in host else f"{host}:{parts.port or 6379}"
+    """`host:port` (or the socket path) that `url` points at; ConfigError, echoing nothing, if it has none."""
+    try:
+        parts = urlsplit(url)
+        if parts.scheme == "unix":
+            return parts.path
+        host = parts.hostname or "localhost"
+        port = parts.port or 6379
+    except ValueError:
+        raise ConfigError("url: its port is not a number (the url is not repeated here: it may hold a password)") from None
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _describe_bad_url(url: object) -> str:
+    """What a malformed url looks like, without any of it that could be a secret."""
+    if not isinstance(url, str):
+        return f"a {type(url).__name__}"
+    scheme, sep, _ = url.partition("://")
+    return f"a url of scheme {scheme!r}" if sep and scheme.isalnum() and len(scheme) <= 10 else "a string without a scheme"
 
 
 class Connection:
@@ -75,12 +125,16 @@ class Connection:
 
     def __init__(self, url: str, cluster: bool) -> None:
         require_redis()
-        if not isinstance(url, str) or not url.startswith(("redis://", "rediss://", "unix://")):
-            raise ConfigError(f"url: expected redis://, rediss:// or unix://..., got {url!r:.60}")
+        if not isinstance(url, str) or not url.startswith(_SCHEMES):
+            raise ConfigError(f"url: expected redis://, rediss:// or unix://..., got {_describe_bad_url(url)}")
         if cluster and url.startswith("unix://"):
             raise ConfigError("url: a Redis Cluster is reached over TCP; give redis:// or rediss://host:port")
         self.address = address(url)
-        self._password = urlsplit(url).password
+        parts = urlsplit(url)
+        # A user name is scrubbed too (a token is often given as one), unless too short to scrub safely.
+        self._secrets = [unquote(v) for v in (parts.password, parts.username) if v and (v == parts.password or len(v) > 2)]
+        self._secrets += [unquote(m.group(0).partition("=")[2]) for m in re.finditer(r"(?:password|username)=[^&]*",
+                                                                                   parts.query, re.IGNORECASE)]
         options: dict[str, Any] = {
             "socket_connect_timeout": CONNECT_TIMEOUT,
             "socket_timeout": SOCKET_TIMEOUT,
@@ -94,6 +148,8 @@ class Connection:
             self._client = RedisCluster.from_url(url, **options) if cluster else redis.Redis.from_url(url, **options)
         except (RedisError, RedisClusterException, OSError) as exc:
             raise self.unavailable(exc) from None
+        except (ValueError, TypeError) as exc:  # redis-py's url parser: its message may quote the url
+            raise ConfigError(f"url: redis-py cannot read it ({self._scrub(exc)})") from None
 
     def run(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
         """EVALSHA `script` (loading it on NOSCRIPT); ScriptError for a pool error reply."""
@@ -141,8 +197,9 @@ class Connection:
         """The error for a server that is down, unreachable, too slow or refusing the login."""
         if isinstance(exc, ClusterDownError):
             hint = "the cluster is down or not all slots are served; check `redis-cli cluster info`"
-        elif isinstance(exc, AuthenticationError):
-            hint = "check the user name and password in the url"
+        elif isinstance(exc, AuthenticationError) or "NOAUTH" in str(exc) or "WRONGPASS" in str(exc):
+            hint = (f"check the user name and password in the url (a pickled pool takes them from {URL_ENV} or"
+                    f" {AUTH_ENV} in the process that unpickles it)")
         else:
             hint = "check that the server is up, reachable from this host, and that the url is right"
         return RedisUnavailable(f"Redis at {self.address} is unavailable ({self._scrub(exc)}); {hint}")
@@ -152,13 +209,15 @@ class Connection:
         if message.startswith("FASTALLOC "):
             _, code, rest = (message + " ").split(" ", 2)
             return ScriptError(code, rest.strip())
-        if isinstance(exc, ClusterDownError):
+        if isinstance(exc, ClusterDownError) or message.startswith(("NOAUTH", "WRONGPASS")):
             return self.unavailable(exc)
         if message.startswith("WRONGTYPE"):
             return ScriptError("WRONGTYPE", message)
         return FastallocError(f"Redis at {self.address} refused the command: {self._scrub(exc)}")
 
     def _scrub(self, exc: BaseException) -> str:
-        """The exception's text without the password, in case a layer below quoted it."""
+        """The exception's text without the password or user name, in case a layer below quoted them."""
         text = str(exc).strip() or type(exc).__name__
-        return text.replace(self._password, "***") if self._password else text
+        for secret in sorted(self._secrets, key=len, reverse=True):
+            text = text.replace(secret, "***")
+        return text

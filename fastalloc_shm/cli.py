@@ -20,10 +20,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from . import _admin
 from .config import GrowthStrategy
 from .errors import FastallocError, PoolNotFound
 from .kinds import POOL_KINDS
-from .pool import attach, list_pools, unlink
+from .pool import attach, unlink
 
 PROG = "fastalloc-shm"
 SHM_DIR = "/dev/shm"
@@ -39,10 +40,10 @@ class _SharedMemory:
         return pool.kind
 
     def clients(self, pool: Any) -> list[Any] | None:
-        return pool.clients()
+        return _admin.clients(pool)
 
     def names(self) -> list[str]:
-        return list_pools()
+        return _admin.list_pools()
 
     def attach(self, name: str) -> Any:
         return attach(name)

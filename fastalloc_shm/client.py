@@ -6,6 +6,13 @@ stuck daemon and survives a daemon restart. Pools themselves are used
 directly through shared memory; the daemon only creates, watches and repairs
 them.
 
+Before sending, a client checks that it talks to the daemon it trusts: the
+socket's directory belongs to a trusted uid (this user, root, or one in
+`trusted_uids=` / `$FASTALLOC_TRUSTED_UIDS`: set it to the daemon's uid), is
+not a symlink and is not writable by group or others, and the listening
+process (SO_PEERCRED) runs as a trusted uid. Anyone can create a directory
+in /tmp first.
+
 >>> client = DaemonClient()                       # doctest: +SKIP
 >>> pool = client.ensure("jobs", capacity=1000)   # doctest: +SKIP
 >>> client.register(["jobs"])                     # doctest: +SKIP
@@ -19,7 +26,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from . import _protocol, errors
+from . import _protocol, _trust, errors
 from .config import PoolConfig
 from .errors import ConfigError, FastallocError
 from .pool import attach
@@ -36,7 +43,10 @@ class DaemonError(FastallocError):
 class DaemonClient:
     """A connection-per-call client of fastalloc-shmd; every call takes at most `timeout` seconds."""
 
-    def __init__(self, socket_path: str | None = None, timeout: float = 2.0) -> None:
+    def __init__(self, socket_path: str | None = None, timeout: float = 2.0,
+                 trusted_uids: Iterable[int] | None = None) -> None:
+        self._trusted_arg = None if trusted_uids is None else list(trusted_uids)
+        self._trusted = _trust.trusted_uids(self._trusted_arg)
         if socket_path is None:
             candidates = _protocol.socket_candidates()
             socket_path = next((p for p in candidates if os.path.exists(p)), candidates[0])
@@ -73,13 +83,17 @@ class DaemonClient:
             config = PoolConfig(**overrides)
         elif overrides:
             config = config.with_overrides(**overrides)
-        record = config.to_record()
-        # The daemon imports callables by path; a lambda or local function cannot travel.
-        for field, recorded in (("initializer", [record["initializer"]]), ("reset", record["reset"] or [])):
-            if getattr(config, field) is not None and None in recorded:
-                raise ConfigError(f"{field}: the daemon needs an importable function ('module:qualname'), not a lambda")
-        self.call("create", name=name, kind=kind, config=record, persist=persist, exist_ok=exist_ok)
-        return attach(name)
+        for field in ("initializer", "reset"):
+            if getattr(config, field) is not None:
+                raise ConfigError(
+                    f"{field}: the daemon calls no function named in a request; declare a pool with callables in"
+                    " the daemon's config file ([pools.NAME] in its TOML)"
+                )
+        if config.growth_strategy.kind == "custom":
+            raise ConfigError("growth_strategy: a custom growth function is declared in the daemon's config file, not"
+                              " sent in a request")
+        self.call("create", name=name, kind=kind, config=config.to_record(), persist=persist, exist_ok=exist_ok)
+        return attach(name, trusted_uids=self._trusted_arg)
 
     def ensure(self, name: str, kind: str = "fixed", **kwargs: Any) -> Any:
         """`create(..., exist_ok=True)`: the pool, created by the daemon if it did not exist."""
@@ -110,11 +124,23 @@ class DaemonClient:
     def call(self, op: str, **args: Any) -> Any:
         """Send one request and return its result; raise the daemon's error as an exception."""
         deadline = time.monotonic() + self.timeout
+        why = _protocol.check_socket(self.socket_path, self._trusted)
+        if why is not None:
+            raise DaemonUnavailable(f"not talking to {self.socket_path}: {why}")
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
                 sock.settimeout(self.timeout)
                 sock.connect(self.socket_path)
-                _protocol.send_frame(sock, {"op": op, **args})
+                pid, uid, _ = _protocol.peer_credentials(sock)
+                if uid not in self._trusted:
+                    raise DaemonUnavailable(
+                        f"not talking to {self.socket_path}: the process listening there (pid {pid}) runs as uid {uid},"
+                        f" not a trusted uid; if that is the daemon's user, set {_trust.ENV}={uid}"
+                    )
+                try:
+                    _protocol.send_frame(sock, {"op": op, **args})
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the daemon refused this peer at once: its reason may wait in the socket
                 body = _protocol.recv_frame(sock, deadline)
         except (FileNotFoundError, ConnectionRefusedError) as exc:
             raise DaemonUnavailable(
@@ -135,7 +161,7 @@ class DaemonClient:
             raise DaemonUnavailable(f"cannot talk to fastalloc-shmd at {self.socket_path}: {exc}") from None
         if body is None:
             raise DaemonUnavailable(f"fastalloc-shmd at {self.socket_path} closed the connection without a reply")
-        reply = _protocol.decode(body)
+        reply = _protocol.decode(body, request=False)
         if reply.get("ok") is True:
             return reply.get("result")
         raise _exception(reply.get("error"))

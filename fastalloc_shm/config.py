@@ -126,8 +126,6 @@ class PoolConfig:
             raise ConfigError(f"alignment: {self.alignment} is not a power of two in {MIN_ALIGNMENT}..{MAX_ALIGNMENT}")
         if not isinstance(self.pre_initialize, bool):
             raise ConfigError(f"pre_initialize: expected a bool, got {self.pre_initialize!r}")
-        if self.pre_initialize and self.initializer is None:
-            raise ConfigError("pre_initialize: True needs an initializer (a function returning the initial value)")
         if self.initializer is not None:
             _callables.as_callable(self.initializer, "initializer")
         if self.reset is not None:
@@ -137,8 +135,9 @@ class PoolConfig:
             _callables.as_callable(self.reset[1], "reset")
         if not isinstance(self.huge_pages, bool):
             raise ConfigError(f"huge_pages: expected a bool, got {self.huge_pages!r}")
-        if isinstance(self.lock_timeout, bool) or not isinstance(self.lock_timeout, (int, float)) or not self.lock_timeout > 0:
-            raise ConfigError(f"lock_timeout: expected seconds > 0, got {self.lock_timeout!r}")
+        if (isinstance(self.lock_timeout, bool) or not isinstance(self.lock_timeout, (int, float))
+                or not 0 < self.lock_timeout < math.inf):
+            raise ConfigError(f"lock_timeout: expected a finite number of seconds > 0, got {self.lock_timeout!r}")
         if self.orphan_policy not in ORPHAN_POLICIES:
             raise ConfigError(f"orphan_policy: {self.orphan_policy!r} is not one of {ORPHAN_POLICIES}")
         _check_int("batch_size", self.batch_size, 1)
@@ -205,7 +204,7 @@ class PoolConfig:
             raise ConfigError(f"pre_initialize: expected a bool, got {pre_initialize!r}")
         object.__setattr__(config, "initializer", initializer)
         object.__setattr__(config, "reset", reset)
-        object.__setattr__(config, "pre_initialize", pre_initialize and initializer is not None)
+        object.__setattr__(config, "pre_initialize", pre_initialize)
         return config
 
     def first_difference(self, other: PoolConfig) -> str | None:

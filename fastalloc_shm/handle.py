@@ -1,7 +1,11 @@
-"""Handles: plain ints encoding `(generation << 32) | index`, both unsigned 32-bit.
+"""Handles: plain ints encoding `(generation << 32) | index`, on every backend.
 
-A slot's generation starts at 1 and is bumped on every release (skipping 0),
-so handle 0 is never valid and a handle used after its release is detected.
+The index is unsigned 32-bit; the generation is 1..2**31-1 (a slot keeps bit 31
+of its generation word as its own "unreadable" flag, so no pool issues more).
+A slot's generation starts at 1 and is bumped on every release, wrapping from
+2**31-1 to 1, so handle 0 is never valid and a handle used after its release
+is detected. A handle is an `int` of exactly that type (not a bool or another
+subclass), the same rule in every pool method.
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ from .errors import InvalidHandle
 
 INDEX_BITS = 32
 INDEX_MASK = (1 << INDEX_BITS) - 1
-MAX_GENERATION = INDEX_MASK
+MAX_GENERATION = (1 << 31) - 1
 
 
 def pack(index: int, generation: int) -> int:
@@ -19,10 +23,10 @@ def pack(index: int, generation: int) -> int:
     >>> pack(3, 1)
     4294967299
     """
-    if not 0 <= index <= INDEX_MASK:
-        raise InvalidHandle(f"index {index} is outside 0..{INDEX_MASK}")
-    if not 1 <= generation <= MAX_GENERATION:
-        raise InvalidHandle(f"generation {generation} is outside 1..{MAX_GENERATION}")
+    if type(index) is not int or not 0 <= index <= INDEX_MASK:
+        raise InvalidHandle(f"index {index!r} is not an int in 0..{INDEX_MASK}")
+    if type(generation) is not int or not 1 <= generation <= MAX_GENERATION:
+        raise InvalidHandle(f"generation {generation!r} is not an int in 1..{MAX_GENERATION}")
     return (generation << INDEX_BITS) | index
 
 
@@ -32,14 +36,8 @@ def unpack(handle: int) -> tuple[int, int]:
     >>> unpack(4294967299)
     (3, 1)
     """
-    if type(handle) is not int or handle <= 0 or handle >> (2 * INDEX_BITS):
-        raise InvalidHandle(f"{handle!r} is not a handle (a positive int below 2**64)")
-    generation = handle >> INDEX_BITS
-    if generation == 0:
-        raise InvalidHandle(f"{handle!r} is not a handle: its generation is 0")
-    return handle & INDEX_MASK, generation
-
-
-def next_generation(generation: int) -> int:
-    """The generation after `generation`, wrapping past 2**32-1 to 1 (never 0)."""
-    return generation + 1 if generation < MAX_GENERATION else 1
+    if type(handle) is not int or not 0 < handle >> INDEX_BITS <= MAX_GENERATION:
+        raise InvalidHandle(
+            f"{handle!r} is not a handle (an int whose generation, its high 32 bits, is in 1..{MAX_GENERATION})"
+        )
+    return handle & INDEX_MASK, handle >> INDEX_BITS

@@ -40,8 +40,8 @@ from typing import Any
 
 import msgpack
 
-from . import _callables, _names
-from ._redis_connection import Connection, mask_url
+from . import _callables, _codec, _names
+from ._redis_connection import AUTH_ENV, URL_ENV, Connection, mask_url, public_url, with_local_credentials
 from ._redis_errors import RedisNotInstalled, RedisUnavailable, ScriptError, SharedMemoryOnly, pool_error
 from ._redis_scripts import (
     ALLOCATE,
@@ -95,6 +95,8 @@ DEFAULT_LEASE_TTL = 10.0
 MIN_LEASE_TTL = 0.1
 
 _log = logging.getLogger(__name__)
+# Thread-safe: it runs no Python code while packing (see _codec.pack_function).
+_pack_value = _codec.pack_function()
 _open_pools: weakref.WeakSet[RedisPool] = weakref.WeakSet()
 
 
@@ -242,6 +244,7 @@ class RedisPool:
 
         >>> h = pool.allocate({"id": 1, "tags": [1, 2]})  # doctest: +SKIP
         """
+        self._check_open()
         reply = self._allocate(1, (self._pack(value),))
         return (reply[2] << INDEX_BITS) | reply[1]
 
@@ -254,6 +257,7 @@ class RedisPool:
 
     def allocate_many(self, values: Iterable[Any]) -> list[int]:
         """Store every value, in one round trip; all or none (PoolExhausted allocates nothing)."""
+        self._check_open()
         payloads = [self._pack(value) for value in values]
         if not payloads:
             return []
@@ -262,20 +266,24 @@ class RedisPool:
 
     def get(self, handle: int) -> Any:
         """The value in the handle's slot (a fresh Python object); StaleHandle after release."""
+        self._check_open()
         index, generation = unpack(handle)
         return self._unpack(self._run(GET, (index, generation)), index)
 
     def set(self, handle: int, value: Any) -> None:
         """Replace the value in the handle's slot."""
+        self._check_open()
         index, generation = unpack(handle)
         self._run(SET, (index, generation, self._pack(value)))
 
     def release(self, handle: int) -> None:
         """Return the slot to the free list; `handle` is stale from now on (a second release raises)."""
+        self._check_open()
         self._run(RELEASE, unpack(handle))
 
     def release_many(self, handles: Iterable[int]) -> None:
         """Release every handle, in one round trip; if any is stale or invalid, none is released."""
+        self._check_open()
         args: list[int] = []
         for handle in handles:
             args.extend(unpack(handle))
@@ -290,6 +298,7 @@ class RedisPool:
         ...     pool.get(h)
         {'job': 7}
         """
+        self._check_open()
         handle = self.allocate(value)
         try:
             yield handle
@@ -304,6 +313,7 @@ class RedisPool:
         an `initializer`, a never-used slot holds `initializer()` and a reused
         one keeps its value. Two round trips: take the slot, then store.
         """
+        self._check_open()
         make, reset = self._acquire_functions()
         reply = self._allocate(1, ())
         index, previous = reply[1], reply[3]
@@ -328,6 +338,7 @@ class RedisPool:
 
     def buffer(self, handle: int) -> memoryview:
         """Shared-memory pools only: raises SharedMemoryOnly."""
+        self._check_open()
         raise SharedMemoryOnly(
             f"buffer(): pool {self._name!r} is a RedisPool; its values live on the Redis server, so there are"
             " no raw bytes to map here. Use get()/set(), or a shared-memory pool (FixedPool) for zero-copy access"
@@ -337,6 +348,7 @@ class RedisPool:
 
     def statistics(self) -> PoolStatistics:
         """The pool's counters, shared by all its clients (lock_* fields stay 0 on Redis)."""
+        self._check_open()
         values = dict(zip(STATISTICS_FIELDS, self._run(STATISTICS, ()), strict=True))
         return PoolStatistics(
             capacity=values["capacity"],
@@ -350,7 +362,9 @@ class RedisPool:
         )
 
     def reset_statistics(self) -> None:
-        """Zero the counters; the peak restarts at the current usage."""
+        """Zero every counter, as the crate's reset does; capacity and current usage stay true and
+        the peak restarts at the current usage."""
+        self._check_open()
         self._run(RESET_STATISTICS, ())
 
     def recover(self, orphan_policy: str | None = None) -> RecoveryReport:
@@ -360,6 +374,7 @@ class RedisPool:
         a producer may die after handing a handle on, and counts them;
         "reclaim" frees them (their handles turn stale).
         """
+        self._check_open()
         policy = self._config.orphan_policy if orphan_policy is None else orphan_policy
         if policy not in ORPHAN_POLICIES:
             raise ConfigError(f"orphan_policy: {policy!r} is not one of {ORPHAN_POLICIES}")
@@ -378,6 +393,7 @@ class RedisPool:
 
     def __len__(self) -> int:
         """Slots in use now (one round trip)."""
+        self._check_open()
         return self._run(STATISTICS, ())[1]
 
     @property
@@ -388,6 +404,7 @@ class RedisPool:
     @property
     def capacity(self) -> int:
         """Slots the pool has now, grown or not (one round trip)."""
+        self._check_open()
         return self._run(STATISTICS, ())[0]
 
     @property
@@ -447,9 +464,9 @@ class RedisPool:
             self.close()
 
     def __reduce__(self) -> tuple[Callable[..., RedisPool], tuple[Any, ...]]:
-        # Pickles as "attach by name": the url travels (a password with it, as the
-        # other process must log in), the lease and connection do not.
-        return _attach_pickled, (self._name, self._url, self._cluster, self._lease_ttl)
+        # Pickles as "attach by name": the url travels without credentials (a pickle
+        # is easily logged, queued or stored); the receiver logs in with its own.
+        return _attach_pickled, (self._name, public_url(self._url), self._cluster, self._lease_ttl)
 
     def __repr__(self) -> str:
         where = mask_url(self._url) + (" (cluster)" if self._cluster else "")
@@ -458,6 +475,10 @@ class RedisPool:
         return f"<RedisPool {self._name!r} at {where}, slot_size={self._slot_size}, {role}{state}>"
 
     # -- internals -----------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise FastallocError(f"pool {self._name!r} is closed in this process; attach again to use it")
 
     def _allocate(self, count: int, payloads: tuple[bytes, ...] | list[bytes]) -> list[Any]:
         """Run ALLOCATE, answering the script's requests for a custom growth amount."""
@@ -489,7 +510,7 @@ class RedisPool:
 
     def _pack(self, value: Any) -> bytes:
         try:
-            payload = msgpack.packb(value, use_bin_type=True)
+            payload = _pack_value(value)
         except (TypeError, ValueError, OverflowError) as exc:
             raise SerializationError(
                 f"cannot store a {type(value).__name__} in pool {self._name!r}: msgpack says {exc};"
@@ -618,7 +639,16 @@ def _unlink(conn: Connection | _ClosedConnection, name: str, incarnation: str) -
 
 
 def _attach_pickled(name: str, url: str, cluster: bool, lease_ttl: float) -> RedisPool:
-    return RedisPool.attach(name, url=url, cluster=cluster, lease_ttl=lease_ttl)
+    full_url, source = with_local_credentials(url)
+    try:
+        return RedisPool.attach(name, url=full_url, cluster=cluster, lease_ttl=lease_ttl)
+    except RedisUnavailable as exc:
+        if source is not None:
+            raise
+        raise RedisUnavailable(
+            f"{exc}. A pickled RedisPool carries no credentials and this process has none of its own: set"
+            f" {URL_ENV}=redis://user:password@host:port/db or {AUTH_ENV}=password in its environment"
+        ) from None
 
 
 def _keep_lease(
@@ -689,12 +719,10 @@ def _describe(conn: Connection, name: str) -> tuple[PoolConfig, str, bool]:
 
 
 def _check_compatible(name: str, where: str, wanted: PoolConfig, found: PoolConfig) -> None:
-    for field in ("capacity", "slot_size", "max_capacity", "growth_strategy"):
-        want, have = getattr(wanted, field), getattr(found, field)
-        if field == "growth_strategy":
-            want, have = (want.kind, want.value), (have.kind, have.value)
-        if want != have:
-            raise IncompatiblePool(
-                f"pool {name!r} exists on Redis at {where} with {field} {have}, not {want}; attach to it as it"
-                " is (RedisPool.attach), or pick another name"
-            )
+    """create(exist_ok=True): the rule of the shared-memory kinds, every field compared."""
+    difference = found.first_difference(wanted)
+    if difference is not None:
+        raise IncompatiblePool(
+            f"pool {name!r} exists on Redis at {where} with {difference}; attach to it as it is"
+            " (RedisPool.attach), or pick another name"
+        )

@@ -29,6 +29,7 @@ class RecoveryReport:
     corrupt_slots: int = 0
     """Slot metadata that made no sense, reset to free."""
     free_list_rebuilt: bool = False
+    """The rebuilt free list holds other slots than before (reordering it is no repair)."""
 
     @property
     def repaired(self) -> bool:

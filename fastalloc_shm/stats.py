@@ -10,6 +10,9 @@ from typing import Any
 class PoolStatistics:
     """Counters of one pool, shared by every process that uses it.
 
+    `pool.reset_statistics()` zeroes every counter, as the crate's collector does;
+    capacity and current_usage stay true, and peak_usage restarts at current_usage.
+
     >>> s = PoolStatistics(capacity=10, current_usage=5, peak_usage=8, total_allocations=8)
     >>> s.utilization_rate(), s.available()
     (50.0, 5)
@@ -22,11 +25,11 @@ class PoolStatistics:
     peak_usage: int = 0
     """Highest current_usage seen since creation or reset_statistics()."""
     total_allocations: int = 0
-    """Successful allocations."""
+    """Slots allocated (a batch counts each), since creation or reset_statistics()."""
     total_deallocations: int = 0
-    """Releases (including slots freed by recovery)."""
+    """Slots released (including slots freed by recovery), since creation or reset_statistics()."""
     allocation_failures: int = 0
-    """Allocations refused because the pool was full."""
+    """Slots refused because the pool was full (a refused batch counts each slot it asked for)."""
     growth_count: int = 0
     """Times the pool grew."""
     lock_acquisitions: int = 0

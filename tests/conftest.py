@@ -1,11 +1,15 @@
-"""Shared fixtures: unique pool names, and a session-wide leak check of /dev/shm."""
+"""Shared fixtures: unique pool names, the run's one Redis server, and a session-wide leak check of /dev/shm."""
 
 from __future__ import annotations
 
 import itertools
 import os
+import subprocess
+from pathlib import Path
 
 import pytest
+
+from .redis_servers import redis_server
 
 SHM_DIR = "/dev/shm"
 # Every pool a test creates carries this tag, so the leak check can tell this
@@ -42,3 +46,18 @@ def no_leaked_system_objects():
     for entry in leaked:
         os.unlink(os.path.join(SHM_DIR, entry))
     assert not leaked, f"test run leaked system objects (removed now): {sorted(leaked)}"
+
+
+@pytest.fixture(scope="session")
+def redis_url():
+    """The run's redis-server. tests/ensure_servers.sh installs it when missing (or fails the run):
+    a missing server is a failure, never a skip. At the end, no pool key may be left on it."""
+    subprocess.run(["bash", str(Path(__file__).with_name("ensure_servers.sh"))], check=True)
+    with redis_server() as server:
+        yield server.url
+        import redis
+
+        client = redis.Redis.from_url(server.url)
+        leftovers = sorted(client.scan_iter(match="{fastalloc.*"))
+        client.close()
+        assert not leftovers, f"tests left pool keys behind: {leftovers[:10]}"

@@ -11,7 +11,6 @@ import multiprocessing as mp
 import os
 import re
 import signal
-import statistics
 import subprocess
 import sys
 import time
@@ -288,23 +287,6 @@ def test_unlink_of_a_grown_pool_leaves_nothing_in_dev_shm(pool_name):
     assert shm_entries_of(pool_name) == []
 
 
-def test_report_the_cost_of_one_growth_of_1000_slots(pool_name):
-    with GrowingPool.create(pool_name, capacity=1000, max_capacity=9000,
-                            growth_strategy=GrowthStrategy.linear(1000)) as pool:
-        growths, plain = [], []
-        for _ in range(8):
-            pool.allocate_many([0] * (pool.capacity - len(pool) - 1))
-            started = time.perf_counter_ns()
-            pool.allocate(0)  # the last free slot
-            plain.append(time.perf_counter_ns() - started)
-            started = time.perf_counter_ns()
-            pool.allocate(0)  # full: grows by 1000, then allocates there
-            growths.append(time.perf_counter_ns() - started)
-        assert pool.statistics().growth_count == 8
-        cost = (statistics.median(growths) - statistics.median(plain)) / 1000
-        print(f"\ngrowth of 1000 slots: {cost:.0f} us (allocate without growth {statistics.median(plain) / 1000:.1f} us)")
-
-
 # -- ThreadLocalPool --------------------------------------------------------------------------------------------------
 
 
@@ -469,11 +451,12 @@ def test_lazy_growth_does_not_grow_rss_with_the_extent(pool_name):
         assert grown < 8 * MB, f"a {pool.nbytes / MB:.0f} MB growth grew RSS by {grown / MB:.1f} MB"
 
 
-def test_pre_initialize_touches_every_slot_page(pool_name):
+@pytest.mark.parametrize("initializer", [kind_workers.initial_value, None], ids=["initializer", "pages_only"])
+def test_pre_initialize_touches_every_slot_page(pool_name, initializer):
     capacity, slot_size = 20_000, 1024
     before = rss()
-    cfg = (PoolConfig.builder().capacity(capacity).slot_size(slot_size).pre_initialize(True)
-           .initializer(kind_workers.initial_value).build())
+    builder = PoolConfig.builder().capacity(capacity).slot_size(slot_size).pre_initialize(True)
+    cfg = (builder.initializer(initializer) if initializer else builder).build()
     with FixedPool.create(pool_name, config=cfg):
         grown = rss() - before
         data = capacity * slot_size

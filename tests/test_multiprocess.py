@@ -24,12 +24,12 @@ def test_four_spawned_processes_lose_no_slot_and_share_none(pool_name, kind, ext
     with kind.create(pool_name, capacity=200, slot_size=128, **extra) as pool:
         with ctx.Pool(4) as procs:
             results = procs.starmap(workers.stress, [(pool_name, w, 3000, w) for w in range(4)])
-        held = [h for r in results for h in r["held"]]
-        assert len(held) == len(set(held)), "a handle was handed out twice"
+        held = {h: v for r in results for h, v in r["held"].items()}
+        assert len(held) == sum(len(r["held"]) for r in results), "a handle was handed out twice"
         report = check_invariants(pool)
         assert report["allocated"] == len(held)
-        for h in held:
-            assert pool.get(h)["check"][0] % 1_000_003 >= 0
+        for h, value in held.items():
+            assert pool.get(h) == value, "a value was overwritten by another process after its owner's last set()"
 
 
 @pytest.mark.parametrize("method", ["spawn", "fork", "forkserver"])

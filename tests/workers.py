@@ -13,7 +13,8 @@ def self_checking(worker: int, n: int) -> dict:
 
 
 def stress(name: str, worker: int, ops: int, seed: int) -> dict:
-    """Allocate, check, overwrite and release at random; return what this worker still holds."""
+    """Allocate, check, overwrite and release at random; return what this worker still holds
+    (handle -> the value it last stored there)."""
     rng = random.Random(seed)
     pool = attach(name)
     held: dict[int, dict] = {}
@@ -40,7 +41,7 @@ def stress(name: str, worker: int, ops: int, seed: int) -> dict:
                 pool.release(handle)
         for handle, value in held.items():
             assert pool.get(handle) == value
-        return {"held": list(held)}
+        return {"held": held}
     finally:
         pool.close()
 
