@@ -7,10 +7,12 @@ private module but this one and `_protocol`.
 
 from __future__ import annotations
 
+import os
 from typing import TypeAlias
 
 import psutil
 
+from . import _names
 from .errors import LockTimeout
 from .pool import SharedPool
 from .pool import list_pools as _list_pools
@@ -19,7 +21,8 @@ from .report import ClientInfo, RecoveryReport
 AnyPool: TypeAlias = SharedPool
 """Any shared-memory pool (FixedPool, GrowingPool, ThreadLocalPool, ThreadSafePool)."""
 
-__all__ = ["AnyPool", "ClientInfo", "clients", "list_pools", "process_alive", "start_ticks", "try_recover"]
+__all__ = ["AnyPool", "ClientInfo", "clients", "list_pools", "process_alive", "segment_inode", "start_ticks", "try_recover",
+           "validate_name"]
 
 # psutil's create_time() resolves to the kernel's clock tick, 1/100 s on Linux.
 _TICKS = 100
@@ -54,6 +57,19 @@ def process_alive(pid: int, ticks: int = 0) -> bool:
         return False
     except psutil.AccessDenied:
         return True
+
+
+def validate_name(name: str) -> str:
+    """`name` if it is a valid pool name, else ConfigError saying why."""
+    return _names.validate(name)
+
+
+def segment_inode(name: str) -> int | None:
+    """Inode of pool `name`'s main segment (None: there is none): a pool created again under the name has another."""
+    try:
+        return os.stat(_names.SHM_DIR + _names.segment(name)).st_ino
+    except FileNotFoundError:
+        return None
 
 
 def list_pools() -> list[str]:

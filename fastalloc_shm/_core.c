@@ -184,6 +184,9 @@ typedef struct {
     uint32_t *mag;
     Py_ssize_t mag_len, mag_cap;
     uint32_t batch;
+    /* Other processes' lock-free allocations minus releases, summed at the last
+     * refill: the peak a magazine allocate records counts them as of then. */
+    int64_t others_in_use;
 } Core;
 
 static PyTypeObject CoreType;
@@ -231,10 +234,13 @@ static PyObject *raise_os(Core *c, const char *what)
 }
 
 /* The pending exception, taken (a new reference), or NULL when there is none
- * worth wrapping: KeyboardInterrupt and friends stay pending as they are. */
+ * worth wrapping. */
 static PyObject *fetch_exception(void)
 {
-    if (!PyErr_ExceptionMatches(PyExc_Exception))
+    /* What msgpack raises for a value it cannot pack or bytes it cannot unpack; anything
+     * else (a signal handler's exception, MemoryError) goes on as it is. */
+    if (!PyErr_ExceptionMatches(PyExc_TypeError) && !PyErr_ExceptionMatches(PyExc_ValueError)
+        && !PyErr_ExceptionMatches(PyExc_OverflowError))
         return NULL;
     PyObject *type, *value, *tb;
     PyErr_Fetch(&type, &value, &tb);
@@ -371,7 +377,8 @@ static inline Extent *locate(Core *c, uint64_t index, uint32_t *local)
 /* 1: decoded; 0: not a handle this pool could issue (no exception set). */
 static inline int decode_handle(PyObject *h, uint32_t *gen, uint64_t *index)
 {
-    if (!PyLong_Check(h) || PyBool_Check(h))
+    /* One rule for every method and backend: a handle is exactly an int (no subclass, no bool). */
+    if (!PyLong_CheckExact(h))
         return 0;
     unsigned long v;
 #if PY_VERSION_HEX < 0x030C0000
@@ -939,6 +946,8 @@ static PyObject *exhausted(Core *c, Py_ssize_t wanted)
     return RAISE(c, E_EXHAUSTED, "n)", wanted);
 }
 
+static int drain(Core *c, Py_ssize_t count);
+
 /* Take one slot for a new value, waiting up to `timeout` (<0: no wait). 1 taken, -1 exception. */
 static int take_for_allocate(Core *c, double timeout, Extent **ep, uint32_t *local, uint32_t state)
 {
@@ -969,6 +978,12 @@ static int take_for_allocate(Core *c, double timeout, Extent **ep, uint32_t *loc
         if (got < 0)
             return -1;
         /* No slot: a token we hold was one too many (the count heals by keeping it). */
+        if (c->mag_len) {
+            /* This process's own magazine may hold what the free lists lack. */
+            if (drain(c, c->mag_len) < 0)
+                return -1;
+            continue;
+        }
         int grew = ask_growth(c, 1);
         if (grew < 0)
             return -1;
@@ -1021,7 +1036,6 @@ static int parse_timeout(PyObject *obj, double *timeout)
 
 static PyObject *magazine_allocate(Core *c, const Packed *p);
 static int refill(Core *c);
-static int drain(Core *c, Py_ssize_t count);
 
 static PyObject *Core_allocate(Core *c, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
@@ -1403,6 +1417,11 @@ static int refill(Core *c)
         PyMem_Free(t);
         return (int)n;
     }
+    int64_t others = 0;
+    for (int i = 0; i < MAX_CLIENTS; i++)
+        if (i != c->entry)
+            others += (int64_t)(LOAD(&client_words(c, i)[CLIENT_ALLOCATIONS]) - LOAD(&client_words(c, i)[CLIENT_DEALLOCATIONS]));
+    c->others_in_use = others;
     /* Lowest index on top: pop() takes it first, as a fresh pool does. */
     for (Py_ssize_t i = n - 1; i >= 0; i--)
         c->mag[c->mag_len++] = (uint32_t)(t[i].e->first + t[i].local);
@@ -1446,7 +1465,12 @@ static PyObject *magazine_allocate(Core *c, const Packed *p)
     Extent *e = locate(c, index, &local);
     if (!e)
         return raise_damaged(c, "a magazine slot is outside the pool");
-    c->my_entry[CLIENT_ALLOCATIONS]++;
+    uint64_t *mine = c->my_entry;
+    mine[CLIENT_ALLOCATIONS]++;
+    int64_t used = (int64_t)LOAD(&c->hdr[HDR_IN_USE]) + (int64_t)(mine[CLIENT_ALLOCATIONS] - mine[CLIENT_DEALLOCATIONS])
+                   + c->others_in_use;
+    if (used > (int64_t)LOAD(&c->hdr[HDR_PEAK]))
+        STORE(&c->hdr[HDR_PEAK], (uint64_t)used); /* a high-water mark: a lost race costs one slot of precision */
     return write_and_publish(c, e, local, p);
 }
 
@@ -1674,10 +1698,14 @@ static PyObject *Core_recover(Core *c, PyObject *args)
     return Py_BuildValue("(NON)", tally, info.dead_holder ? Py_True : Py_False, dead);
 }
 
-/* ---- registration: claim a client entry by locking its byte ---- */
+/* ---- registration: claim a client entry by locking its byte ----
+ * Taking the byte's OFD lock is the claim (atomic, kernel-kept), so attach
+ * never waits on the pool mutex: a stopped holder cannot keep anyone from
+ * attaching. An entry's counters are never reset here: statistics sum every
+ * entry, so what a previous holder counted stays counted. */
 static int register_client(Core *c, uint64_t start_ticks)
 {
-    if (c->live_fd >= 0)
+    if (c->live_fd > 0)
         close(c->live_fd);
     c->live_fd = open(c->segment_path, O_RDWR | O_CLOEXEC);
     if (c->live_fd < 0) {
@@ -1687,23 +1715,13 @@ static int register_client(Core *c, uint64_t start_ticks)
     c->pid = getpid();
     for (int i = 0; i < MAX_CLIENTS; i++) {
         if (entry_lock(c->live_fd, i, F_WRLCK, F_OFD_SETLK) == 0) {
-            c->entry = i;
-            if (core_lock(c) < 0) {
-                entry_lock(c->live_fd, i, F_UNLCK, F_OFD_SETLK);
-                c->entry = -1;
-                return -1;
-            }
             uint64_t *cw = client_words(c, i);
-            /* A previous holder's counters belong to the header now. */
-            c->hdr[HDR_ALLOCATIONS] += cw[CLIENT_ALLOCATIONS];
-            c->hdr[HDR_DEALLOCATIONS] += cw[CLIENT_DEALLOCATIONS];
-            c->hdr[HDR_IN_USE] += cw[CLIENT_ALLOCATIONS] - cw[CLIENT_DEALLOCATIONS];
-            cw[CLIENT_ALLOCATIONS] = cw[CLIENT_DEALLOCATIONS] = 0;
-            uint32_t inc = (((uint32_t *)cw)[1] + 1) & ((1u << INCARNATION_BITS) - 1);
-            ((uint32_t *)cw)[1] = inc;
-            cw[CLIENT_START] = start_ticks;
-            STORE((uint32_t *)cw, (uint32_t)c->pid);
-            core_unlock(c);
+            uint32_t *halves = (uint32_t *)cw;
+            uint32_t inc = (LOAD(&halves[1]) + 1) & ((1u << INCARNATION_BITS) - 1);
+            STORE(&halves[1], inc);
+            STORE(&cw[CLIENT_START], start_ticks);
+            STORE_REL(&halves[0], (uint32_t)c->pid);
+            c->entry = i;
             c->owner = ((uint32_t)i << INCARNATION_BITS) | inc;
             c->my_entry = cw;
             return 0;
@@ -1723,18 +1741,8 @@ static int unregister_client(Core *c)
         return 0;
     int rc = 0;
     if (c->mag_len && (rc = drain(c, c->mag_len)) < 0)
-        PyErr_Clear();
-    if (core_lock(c) == 0) {
-        uint64_t *cw = c->my_entry;
-        c->hdr[HDR_ALLOCATIONS] += cw[CLIENT_ALLOCATIONS];
-        c->hdr[HDR_DEALLOCATIONS] += cw[CLIENT_DEALLOCATIONS];
-        c->hdr[HDR_IN_USE] += cw[CLIENT_ALLOCATIONS] - cw[CLIENT_DEALLOCATIONS];
-        cw[CLIENT_ALLOCATIONS] = cw[CLIENT_DEALLOCATIONS] = 0;
-        STORE((uint32_t *)cw, 0u);
-        core_unlock(c);
-    } else {
-        PyErr_Clear(); /* lock stuck: the entry stays; liveness says we are gone */
-    }
+        PyErr_Clear(); /* lock stuck: the slots stay cached by us, and recovery returns them once we are gone */
+    STORE((uint32_t *)c->my_entry, 0u);
     entry_lock(c->live_fd, c->entry, F_UNLCK, F_OFD_SETLK);
     c->entry = -1;
     return rc;
@@ -1907,10 +1915,14 @@ static PyObject *Core_after_fork(Core *c, PyObject *arg)
 
 static void Core_dealloc(Core *c)
 {
-    if (!c->closed && c->have_view) {
+    /* Also reached when __init__ failed: keep the exception it raised. */
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    if (!c->closed && c->have_view && c->entry >= 0) {
         unregister_client(c);
         PyErr_Clear();
     }
+    PyErr_Restore(type, value, tb);
     release_resources(c);
     Py_XDECREF(c->errors);
     Py_XDECREF(c->pack);
