@@ -1,8 +1,8 @@
 """What the daemon and the CLI need beyond the public API, in one small module.
 
-They use this instead of the internals (liveness, the lock's client records,
-the pool base class), so the internals can change under them; nothing
-outside the package imports a private module but this one and `_protocol`.
+They use this instead of the internals (the core, the pool base class), so
+the internals can change under them; nothing outside the package imports a
+private module but this one and `_protocol`.
 """
 
 from __future__ import annotations
@@ -10,33 +10,53 @@ from __future__ import annotations
 import os
 from typing import TypeAlias
 
-from . import _liveness, _names
-from ._lock import ClientInfo
+import psutil
+
+from . import _names
 from .errors import LockTimeout
 from .pool import SharedPool
 from .pool import list_pools as _list_pools
-from .report import RecoveryReport
+from .report import ClientInfo, RecoveryReport
 
 AnyPool: TypeAlias = SharedPool
 """Any shared-memory pool (FixedPool, GrowingPool, ThreadLocalPool, ThreadSafePool)."""
 
-__all__ = ["AnyPool", "ClientInfo", "clients", "list_pools", "process_alive", "segment_inode", "start_ticks",
-           "try_recover", "validate_name"]
+__all__ = ["AnyPool", "ClientInfo", "clients", "list_pools", "process_alive", "segment_inode", "start_ticks", "try_recover",
+           "validate_name"]
+
+# psutil's create_time() resolves to the kernel's clock tick, 1/100 s on Linux.
+_TICKS = 100
 
 
 def clients(pool: AnyPool) -> list[ClientInfo]:
-    """The processes attached to `pool`, from its client table, liveness checked."""
+    """The processes attached to `pool`, from its client table, liveness from the kernel."""
     return pool.clients()
 
 
-def process_alive(pid: int, start_ticks: int = 0) -> bool:
-    """True if `pid` runs and, when `start_ticks` is given, is the process that started then."""
-    return _liveness.is_alive(pid, start_ticks)
-
-
 def start_ticks(pid: int) -> int:
-    """Start time of `pid` (0 if it is gone): with the pid, it tells a process from a later one."""
-    return _liveness.start_ticks(pid)
+    """Start time of `pid` in 1/100 s (0 if it is gone): with the pid, it tells a process from a later one."""
+    try:
+        return round(psutil.Process(pid).create_time() * _TICKS)
+    except psutil.Error:
+        return 0
+
+
+def process_alive(pid: int, ticks: int = 0) -> bool:
+    """True if `pid` runs and, when `ticks` is given, is the process that started then.
+
+    For the daemon's own registry of clients that said hello over its socket;
+    pools never judge liveness this way (they use the kernel's locks)."""
+    if pid <= 0:
+        return False
+    try:
+        proc = psutil.Process(pid)
+        if ticks and abs(round(proc.create_time() * _TICKS) - ticks) > 1:
+            return False
+        return proc.status() != psutil.STATUS_ZOMBIE
+    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+        return False
+    except psutil.AccessDenied:
+        return True
 
 
 def validate_name(name: str) -> str:
@@ -61,14 +81,8 @@ def try_recover(pool: AnyPool, wait_s: float, orphan_policy: str | None = None) 
     """`pool.recover(orphan_policy)`, waiting at most `wait_s` for the pool's lock; None if it stayed busy.
 
     For a caller that must not stall behind a holder that is stopped (a
-    debugger, `docker pause`): it tries again later. `pool` must not be used
-    by another thread of this process meanwhile."""
-    lock = pool._lock
-    saved = lock.timeout
-    lock.timeout = wait_s
+    debugger, `docker pause`): it tries again later."""
     try:
-        return pool.recover(orphan_policy=orphan_policy)
+        return pool.recover(orphan_policy=orphan_policy, lock_wait=wait_s)
     except LockTimeout:
         return None
-    finally:
-        lock.timeout = saved

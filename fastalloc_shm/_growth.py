@@ -1,31 +1,74 @@
-"""Adding an extent to a full pool: a new segment, recorded in the header last."""
+"""Growth: adding an extent to a full pool, as its GrowthStrategy says.
+
+The core calls a pool's Grower (never holding its lock) when it finds no free
+slot. Growers of all processes take turns on an exclusive `flock` of the main
+segment (the kernel drops it if the grower dies). The new extent's segment is
+created, sized and reserved here; the core records it in the header, which is
+the commit point: a grower killed before it leaves only an unrecorded segment,
+which the next grower (holding the flock) replaces.
+"""
 
 from __future__ import annotations
 
+import fcntl
+import os
+import time
+import weakref
 from typing import TYPE_CHECKING
 
-from . import _fault, _names
+from . import _core, _fault, _names
 from . import _layout as L
 from . import _segment as seg
-from ._extent import Extent
-from .errors import PoolExhausted
+from .errors import LockTimeout, PoolExhausted
 
 if TYPE_CHECKING:
     from .pool import SharedPool
 
+_POLL = 0.001
 
-def add_extent_locked(pool: SharedPool) -> Extent | None:
-    """Grow `pool` by its strategy (lock held); None when it may not grow any more.
 
-    The header's extent count is the commit point: a grower killed before it
-    leaves only an unrecorded segment, which the next grower replaces.
-    """
+class Grower:
+    """The `grow(wanted)` callable of one pool's core: True when the pool has more room now."""
+
+    def __init__(self, pool: SharedPool) -> None:
+        self._pool = weakref.ref(pool)
+
+    def __call__(self, wanted: int) -> bool:
+        pool = self._pool()
+        if pool is None or pool._closed:
+            return False
+        seen = pool._core.extents
+        fd = os.open(seg.segment_path(pool._segment.posix_name), os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            _flock(fd, pool.config.lock_timeout, pool.name)
+            if pool._q[L.HDR_EXTENTS] > seen:
+                return True  # another process grew it meanwhile
+            return _add_extent(pool)
+        finally:
+            os.close(fd)  # drops the flock
+
+
+def _flock(fd: int, timeout: float, name: str) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise LockTimeout(f"pool {name!r}: another process has been growing it for {timeout} s") from None
+            time.sleep(_POLL)
+
+
+def _add_extent(pool: SharedPool) -> bool:
+    cfg = pool.config
     q = pool._q
-    capacity = q[L.HDR_CAPACITY]
-    number = q[L.HDR_EXTENTS]
-    amount = pool.config.growth_amount(capacity)
+    capacity, number = q[L.HDR_CAPACITY], q[L.HDR_EXTENTS]
+    if cfg.growth_strategy.kind == "custom":
+        pool._check_callable_owner("growth_strategy")
+    amount = cfg.growth_amount(capacity)
     if amount <= 0:
-        return None
+        return False
     if number >= L.MAX_EXTENTS:
         raise PoolExhausted(
             f"pool {pool.name!r} has grown {L.MAX_EXTENTS - 1} times, the most it can; "
@@ -33,21 +76,18 @@ def add_extent_locked(pool: SharedPool) -> Extent | None:
         )
     posix_name = _names.extent(pool.name, number)
     seg.unlink_segment(posix_name)  # left by a grower that died before its commit
-    geometry = L.ExtentGeometry(amount, pool._stride, pool.config.alignment)
-    segment = seg.create_segment(posix_name, geometry.nbytes, pool.config.mode, f"pool {pool.name!r} growth")
-    ext = Extent(number, capacity, segment, 0, memoryview(segment.mm).cast("I"), amount, pool._stride,
-                 pool.config.alignment, owns_segment=True)
-    ext.init_header()
-    if pool.config.huge_pages:
-        pool._advise_huge_pages(segment.mm)
-    if _fault.ACTIVE:
-        _fault.hit("grow.created")
-    base_w, cap_w = L.extent_table_words(number)
-    q[base_w], q[cap_w] = capacity, amount
-    q[L.HDR_EXTENTS] = number + 1
-    q[L.HDR_CAPACITY] = capacity + amount
-    q[L.HDR_GROWTHS] += 1
-    q[L.HDR_FREE_HINT] = number
-    pool._extents.append(ext)
-    pool._bases.append(capacity)
-    return ext
+    stride = L.stride_for(cfg.slot_size, cfg.alignment)
+    segment = seg.create_segment(posix_name, L.extent_size(amount, stride, cfg.alignment), cfg.mode,
+                                 f"pool {pool.name!r} growth")
+    try:
+        _core.init_extent(segment.mm, amount)
+        if cfg.huge_pages:
+            pool._advise_huge_pages(segment.mm)
+        if _fault.ACTIVE:
+            _fault.hit("grow.created")
+        committed = pool._core.commit_extent(number, amount)
+        if not committed:
+            seg.unlink_segment(posix_name)
+        return committed
+    finally:
+        segment.close()

@@ -12,10 +12,10 @@ import time
 
 import msgpack
 
+from . import _core
 from . import _layout as L
 from . import _names
 from . import _segment as seg
-from ._liveness import is_alive
 from .config import PoolConfig
 from .errors import ConfigError, IncompatiblePool, PoolNotFound
 
@@ -42,21 +42,26 @@ def open_ready(name: str, trusted: frozenset[int]) -> tuple[seg.Segment, PoolCon
             raise
         if verdict is not None:
             return segment, *verdict
-        creator = creator_of(segment)
+        creator_dead = segment.size >= L.HEADER_SIZE and not _core.byte_locked(segment.fd, L.CREATOR_BYTE)
+        pid = creator_pid(segment)
         segment.close()
-        if creator is not None and not is_alive(*creator):
-            raise HalfCreated(f"{what}: its creator (pid {creator[0]}) died before finishing; unlink it and create it again")
+        if creator_dead and pid:
+            raise HalfCreated(f"{what}: its creator (pid {pid}) died before finishing; unlink it and create it again")
         if time.monotonic() >= deadline:
             raise IncompatiblePool(f"{what}: not ready after {READY_TIMEOUT} s; is its creator stuck?")
         time.sleep(0.002)
 
 
-def creator_of(segment: seg.Segment) -> tuple[int, int] | None:
+def creator_pid(segment: seg.Segment) -> int:
+    """The creator's pid as its header records it (0 before it wrote it); for messages only.
+
+    Whether the creator lives is told by its lock on CREATOR_BYTE, which the
+    kernel drops when it dies, whatever its PID namespace."""
     if segment.mm is None or segment.size < L.HEADER_SIZE:
-        return None
+        return 0
     q = memoryview(segment.mm).cast("Q")
     try:
-        return (q[L.HDR_CREATOR_PID], q[L.HDR_CREATOR_START]) if q[L.HDR_CREATOR_PID] else None
+        return q[L.HDR_CREATOR_PID]
     finally:
         q.release()
 

@@ -48,7 +48,12 @@ def segment(name: str) -> str:
 
 def extent(name: str, number: int) -> str:
     """POSIX name of growth extent `number` (1-based; extent 0 is the main segment)."""
-    return f"/{PREFIX}{name}.x{number}"
+    return f"{extent_prefix(name)}{number}"
+
+
+def extent_prefix(name: str) -> str:
+    """POSIX name of growth extent k is this followed by k."""
+    return f"/{PREFIX}{name}.x"
 
 
 def semaphore(name: str, pool_id: int) -> str:

@@ -171,14 +171,14 @@ def unlink_segment(posix_name: str) -> bool:
     return _unlink_quietly(posix_name)
 
 
-def create_semaphore(posix_name: str, mode: int) -> posix_ipc.Semaphore:
-    """Create the pool's lock at value 1. A stale semaphore left by a creator
+def create_semaphore(posix_name: str, mode: int, initial: int) -> posix_ipc.Semaphore:
+    """Create the pool's free-slot semaphore at `initial`. A stale one left by a creator
     that died is replaced: whoever holds the segment name owns this name."""
     try:
-        sem = posix_ipc.Semaphore(posix_name, posix_ipc.O_CREX, mode=mode, initial_value=1)
+        sem = posix_ipc.Semaphore(posix_name, posix_ipc.O_CREX, mode=mode, initial_value=initial)
     except posix_ipc.ExistentialError:
         unlink_semaphore(posix_name)
-        sem = posix_ipc.Semaphore(posix_name, posix_ipc.O_CREX, mode=mode, initial_value=1)
+        sem = posix_ipc.Semaphore(posix_name, posix_ipc.O_CREX, mode=mode, initial_value=initial)
     path = _names.semaphore_path(posix_name)
     if os.path.exists(path):
         os.chmod(path, mode)

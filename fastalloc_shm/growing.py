@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from . import _layout as L
 from .config import GrowthStrategy, PoolConfig
-from .pool import SharedPool
+from .pool import KindPolicy, SharedPool
 
 DEFAULT_GROWTH = GrowthStrategy.exponential(2.0)
 
@@ -11,7 +12,7 @@ DEFAULT_GROWTH = GrowthStrategy.exponential(2.0)
 class GrowingPool(SharedPool):
     """A pool that grows when full, by adding shared-memory extents.
 
-    Growth happens under the pool lock, so two processes that find the pool
+    Growth is serialized across processes, so two processes that find the pool
     full at once grow it once. Other processes map new extents lazily, the
     first time they meet a handle or a free slot there; handles from older
     extents stay valid. `unlink()` removes every extent. Without a
@@ -21,8 +22,7 @@ class GrowingPool(SharedPool):
     ...                           growth_strategy=GrowthStrategy.exponential(2.0))  # doctest: +SKIP
     """
 
-    kind = "growing"
-    may_grow = True
+    _policy = KindPolicy("growing", L.KIND_GROWING, may_grow=True)
 
     @classmethod
     def _prepare_config(cls, cfg: PoolConfig) -> PoolConfig:

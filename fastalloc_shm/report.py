@@ -51,3 +51,17 @@ class RecoveryReport:
         parts = [f"{k.replace('_', ' ')} {v}" for k, v in self.to_dict().items()
                  if k not in ("pool", "orphan_policy", "dead_clients", "repaired") and v]
         return f"pool {self.pool!r} ({self.orphan_policy}): " + ", ".join(parts)
+
+
+@dataclass(frozen=True)
+class ClientInfo:
+    """One process attached to a pool, as its client table records it.
+
+    `alive` comes from the kernel (the process's lock on its entry's byte of
+    the segment, dropped at death); pid and start time are shown, not trusted."""
+
+    pid: int
+    state: str
+    alive: bool
+    entry: int = -1
+    start_ticks: int = 0

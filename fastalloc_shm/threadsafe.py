@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-from .pool import SharedPool
+from . import _layout as L
+from .pool import KindPolicy, SharedPool
 
 
 class ThreadSafePool(SharedPool):
     """A pool for heavy contention from many threads and processes.
 
     Same layout and operations as FixedPool (or GrowingPool, when given a
-    growth strategy), with a lock that spins adaptively before it blocks
-    (parking_lot's advice: a holder is usually about to finish), and that
-    times every contended wait into `lock_wait_ns`. Waits are bounded by
+    growth strategy), with a lock that spins adaptively (yielding) before it
+    blocks, as parking_lot advises: a holder is usually about to finish. Every
+    contended wait is timed into `lock_wait_ns`; waits are bounded by
     `lock_timeout` and fail with LockTimeout naming the holder's pid.
     """
 
-    kind = "threadsafe"
-    may_grow = True
-    measure_lock_wait = True
-    spin_lock = True
+    _policy = KindPolicy("threadsafe", L.KIND_THREADSAFE, may_grow=True)

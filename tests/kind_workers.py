@@ -86,12 +86,12 @@ def read_after_growth(name: str, attached, inbox) -> dict:
     """Attach before the growth, then read (and release one of) the handles the test sends."""
     pool = attach(name)
     try:
-        attached.put((pool.capacity, len(pool._extents)))
+        attached.put((pool.capacity, pool._core.extents))
         handles, to_release = inbox.get(timeout=WAIT)
-        mapped_before = len(pool._extents)
+        mapped_before = pool._core.extents
         values = [pool.get(h) for h in handles]
         pool.release(to_release)
-        return {"mapped_before": mapped_before, "mapped_after": len(pool._extents), "values": values}
+        return {"mapped_before": mapped_before, "mapped_after": pool._core.extents, "values": values}
     finally:
         pool.close()
 

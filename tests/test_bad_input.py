@@ -55,8 +55,8 @@ def test_damaged_slot_metadata_is_found_by_recover(pool_name):
     with FixedPool.create(pool_name, capacity=8) as pool:
         keep = pool.allocate("keep")
         damaged = pool.allocate("damaged")
-        e = pool._extents[0]
-        e.u[e.meta_w + 4 * (damaged & 0xFFFFFFFF) + L.META_WORD] = 0x7F << L.STATE_SHIFT | os.getpid()
+        meta = L.HEADER_SIZE + L.EXT_HEADER_BYTES + L.META_BYTES * (damaged & 0xFFFFFFFF) + 4 * L.META_WORD
+        pool._segment.mm[meta:meta + 4] = (0x7F << L.STATE_SHIFT).to_bytes(4, "little")
         report = pool.recover()
         assert report.corrupt_slots == 1
         check_invariants(pool)
