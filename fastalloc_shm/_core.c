@@ -65,6 +65,7 @@ enum {
     E_BUSY_READ,       /* (handle) */
     E_OS,              /* (message) */
     E_DUPLICATE,       /* (handle) twice in one batch */
+    E_UNTRUSTED,       /* (extent number, path, owner uid) */
 };
 
 /* ---- fault injection (tests only): FASTALLOC_FAULT=<point>:<action>[:<n>], read once ---- */
@@ -169,6 +170,8 @@ typedef struct {
     uint32_t owner;    /* entry << INCARNATION_BITS | incarnation */
     uint64_t *my_entry;
     uid_t main_uid;
+    uid_t trusted[64]; /* owners whose extents this process maps (the pool's trusted uids) */
+    int n_trusted;
     pid_t pid;
     uint32_t slot_size, stride, alignment;
     int kind;
@@ -309,9 +312,19 @@ static int map_extents_from(Core *c, uint64_t count)
             return -1;
         }
         struct stat st;
-        if (fstat(fd, &st) < 0 || (st.st_uid != c->main_uid && st.st_uid != geteuid() && st.st_uid != 0)) {
+        if (fstat(fd, &st) < 0) {
             close(fd);
-            raise_damaged(c, "a growth extent is owned by another user than the pool; refusing it");
+            raise_os(c, "cannot stat a growth extent");
+            return -1;
+        }
+        int trusted = st.st_uid == c->main_uid;
+        for (int i = 0; i < c->n_trusted && !trusted; i++)
+            trusted = st.st_uid == c->trusted[i];
+        if (!trusted) {
+            close(fd);
+            char path[600];
+            snprintf(path, sizeof path, "/dev/shm%s", name);
+            RAISE(c, E_UNTRUSTED, "isI)", k, path, (unsigned int)st.st_uid);
             return -1;
         }
         size_t need = extent_bytes((uint32_t)cap, c->stride, c->alignment);
@@ -1765,8 +1778,8 @@ static int header_sane(Core *c)
 static int Core_init(Core *c, PyObject *args, PyObject *kw)
 {
     static char *names[] = {"buffer", "sem_name", "segment_path", "extent_prefix", "main_uid", "kind", "lock_timeout",
-                            "batch", "errors", "pack", "unpack", "grow", "start_ticks", "creating", "reclaim", NULL};
-    PyObject *buffer, *errors, *pack, *unpack, *grow;
+                            "batch", "errors", "pack", "unpack", "grow", "start_ticks", "creating", "trusted", "reclaim", NULL};
+    PyObject *buffer, *errors, *pack, *unpack, *grow, *trusted;
     const char *sem_name, *segment_path, *extent_prefix;
     unsigned int main_uid, batch;
     int kind, creating, reclaim = 0;
@@ -1774,10 +1787,22 @@ static int Core_init(Core *c, PyObject *args, PyObject *kw)
     unsigned long long start_ticks;
     c->live_fd = -1;
     c->entry = -1;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OsssIidIOOOOKp|p", names, &buffer, &sem_name, &segment_path, &extent_prefix,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OsssIidIOOOOKpO|p", names, &buffer, &sem_name, &segment_path, &extent_prefix,
                                      &main_uid, &kind, &lock_timeout, &batch, &errors, &pack, &unpack, &grow, &start_ticks,
-                                     &creating, &reclaim))
+                                     &creating, &trusted, &reclaim))
         return -1;
+    PyObject *uids = PySequence_Fast(trusted, "trusted: a sequence of uids");
+    if (!uids)
+        return -1;
+    for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(uids) && c->n_trusted < 64; i++) {
+        unsigned long uid = PyLong_AsUnsignedLong(PySequence_Fast_GET_ITEM(uids, i));
+        if (PyErr_Occurred()) {
+            Py_DECREF(uids);
+            return -1;
+        }
+        c->trusted[c->n_trusted++] = (uid_t)uid;
+    }
+    Py_DECREF(uids);
     c->errors = Py_NewRef(errors);
     c->pack = Py_NewRef(pack);
     c->unpack = Py_NewRef(unpack);
@@ -2405,11 +2430,11 @@ PyMODINIT_FUNC PyInit__core(void)
     X_EXPORT(MAGIC, MAGIC)
     X_EXPORT(MUTEX_SIZE, sizeof(pthread_mutex_t))
 #undef X_EXPORT
-    PyObject *codes = Py_BuildValue("{s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i}", "CLOSED", E_CLOSED, "INVALID",
+    PyObject *codes = Py_BuildValue("{s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i}", "CLOSED", E_CLOSED, "INVALID",
                                     E_INVALID, "STALE", E_STALE, "TORN", E_TORN, "EXHAUSTED", E_EXHAUSTED, "TOO_LARGE",
                                     E_TOO_LARGE, "PACK", E_PACK, "UNPACK", E_UNPACK,
                                     "LOCK_TIMEOUT", E_LOCK_TIMEOUT, "DAMAGED", E_DAMAGED, "BUSY_READ", E_BUSY_READ, "OS", E_OS,
-                                    "DUPLICATE", E_DUPLICATE);
+                                    "DUPLICATE", E_DUPLICATE, "UNTRUSTED", E_UNTRUSTED);
     if (!codes || PyModule_AddObject(m, "ERRORS", codes) < 0) {
         Py_XDECREF(codes);
         goto fail;

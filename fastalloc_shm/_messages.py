@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from . import _codec, _core
+from . import _codec, _core, _trust
 from . import _layout as L
 from .errors import (
     FastallocError,
@@ -47,6 +47,7 @@ class PoolErrors:
             _CODE["BUSY_READ"]: self.busy_read,
             _CODE["OS"]: lambda message: FastallocError(f"pool {self._name!r}: {message}"),
             _CODE["DUPLICATE"]: self.duplicate,
+            _CODE["UNTRUSTED"]: self.untrusted,
         }
 
     def __call__(self, code: int, *args: Any) -> FastallocError:
@@ -74,6 +75,9 @@ class PoolErrors:
             f"pool {self._name!r}: handle {handle:#x} appears twice in one batch (its second release would be stale); "
             "nothing was released"
         )
+
+    def untrusted(self, number: int, path: str, uid: int) -> FastallocError:
+        return _trust.untrusted_error(uid, path, f"pool {self._name!r} extent {number}")
 
     def torn(self, handle: int, pid: int) -> SerializationError:
         return SerializationError(

@@ -44,9 +44,13 @@ def _from_env() -> list[int]:
 
 def check_owner(uid: int, path: str, what: str, trusted: frozenset[int]) -> None:
     """FastallocError naming the owner and the way to trust it, unless `uid` is trusted."""
-    if uid in trusted:
-        return
-    raise FastallocError(
+    if uid not in trusted:
+        raise untrusted_error(uid, path, what)
+
+
+def untrusted_error(uid: int, path: str, what: str) -> FastallocError:
+    """The error for an object owned by an untrusted `uid`: who owns it, and how to trust them."""
+    return FastallocError(
         f"{what}: {path} is owned by uid {uid}{_user(uid)}, not by this user (uid {os.geteuid()}) or root, so"
         f" it is not opened (another user may have created it first); if you trust uid {uid}, pass"
         f" trusted_uids=[{uid}] or set {ENV}={uid}, else remove it and create the pool again"

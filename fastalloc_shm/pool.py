@@ -259,7 +259,7 @@ class SharedPool:
             main_uid=os.fstat(segment.fd).st_uid, kind=self._policy.code, lock_timeout=cfg.lock_timeout,
             batch=cfg.batch_size, errors=PoolErrors(self), pack=_codec.pack_function(), unpack=_unpack,
             grow=Grower(self) if grows else None, start_ticks=_start_ticks(os.getpid()), creating=creating,
-            reclaim=cfg.orphan_policy == "reclaim",
+            trusted=tuple(trusted), reclaim=cfg.orphan_policy == "reclaim",
         )
         core = self._core
         for method in HOT_METHODS:
