@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench lint clean
+.PHONY: run test test-asan bench lint clean
 
 $(STAMP): pyproject.toml setup.py fastalloc_shm/_core.c fastalloc_shm/_layout.h
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,3 +28,17 @@ lint: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build *.egg-info
+
+# The core's tests again with the core built under AddressSanitizer and UBSan:
+# a copy of the package and its tests whose _core is the instrumented build.
+ASAN_DIR := build/asan
+ASAN_TESTS := tests/test_fuzz_segment.py tests/test_layout.py tests/test_contract.py tests/test_bad_input.py \
+	tests/test_crash_matrix.py tests/test_lock_soundness.py tests/test_kinds.py tests/test_torn_reads.py
+test-asan: $(STAMP)
+	rm -rf $(ASAN_DIR) && mkdir -p $(ASAN_DIR)
+	cp -r fastalloc_shm tests pyproject.toml README.md $(ASAN_DIR)/ && rm -f $(ASAN_DIR)/fastalloc_shm/*.so
+	$(BIN)/python tools/build_core.py --sanitize --out $(ASAN_DIR)/fastalloc_shm
+	cd $(ASAN_DIR) && ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+	LD_PRELOAD="$$(cc -print-file-name=libasan.so) $$(cc -print-file-name=libubsan.so)" \
+	FASTALLOC_EXPECT_CORE=$(CURDIR)/$(ASAN_DIR)/fastalloc_shm \
+	$(CURDIR)/$(BIN)/python -m pytest -q -p no:cacheprovider $(ASAN_TESTS) -k "not RedisPool"

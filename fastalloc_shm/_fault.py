@@ -8,17 +8,13 @@ it imports fastalloc_shm. At the n-th time (default 1st) that process reaches
     pause   write "<pid> <point>\\n" to $FASTALLOC_FAULT_FILE, then sleep until killed
     stop    write the same line, then SIGSTOP itself (a test may SIGCONT it)
 
-Points (see the operation order in _layout.py):
-    lock.acquired        semaphore taken (client record says "wants")
-    lock.released        semaphore posted, record still says "wants"
-    alloc.marked         slot marked being-written (or cached), free list or fresh mark not yet moved
-    alloc.popped         free list popped, lock still held
-    alloc.writing        lock released, value half written
-    release.freed        slot marked free, not yet pushed on the free list
-    set.writing          under the lock, sequence odd, value half written
-    grow.created         extent segment created, not yet recorded in the header
-    batch.taking         a batch (allocate_many, a magazine refill) is taking slots, lock held
-    recover.rebuilding   repairer holds the lock, free list half rebuilt
+The compiled core reads the same variable once, at import, for its points
+(`_core.FAULT_POINTS`, described beside FAULT_POINTS in _core.c): lock.acquired,
+lock.released, alloc.token, alloc.marked, alloc.popped, alloc.writing,
+release.freed, release.pushed, set.writing, batch.taking, batch.releasing,
+magazine.release, recover.rebuilding. This module serves the one point in
+Python:
+    grow.created         extent segment created and reserved, not yet recorded in the header
 """
 
 from __future__ import annotations

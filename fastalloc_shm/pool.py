@@ -89,6 +89,7 @@ class SharedPool:
     _segment: seg.Segment | None = None
     _q: memoryview | None = None
     _name = ""
+    _sem_name = ""
     _trusted: frozenset[int] = frozenset()
     _extent_maps: dict[int, seg.Segment] = {}
 
@@ -247,6 +248,7 @@ class SharedPool:
     def _open(self, name: str, segment: seg.Segment, sem_name: str, cfg: PoolConfig, trusted: frozenset[int],
               creating: bool) -> None:
         self._name = name
+        self._sem_name = sem_name
         self._creator = creating
         self._segment = segment
         self._config = cfg
@@ -538,6 +540,10 @@ class SharedPool:
         """Remove the pool's segments and semaphore from the system (close first)."""
         self.close()
         unlink(self._name)
+        if self._sem_name:
+            # The one this pool opened, even if its header's id was overwritten meanwhile
+            # (a pool created again under the name has a semaphore of another id).
+            seg.unlink_semaphore(self._sem_name)
 
     def __enter__(self) -> SharedPool:
         return self

@@ -61,3 +61,13 @@ def redis_url():
         leftovers = sorted(client.scan_iter(match="{fastalloc.*"))
         client.close()
         assert not leftovers, f"tests left pool keys behind: {leftovers[:10]}"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def the_expected_core():
+    """`make test-asan` runs these tests against the instrumented core: make sure it is the one loaded."""
+    expected = os.environ.get("FASTALLOC_EXPECT_CORE")
+    if expected:
+        from fastalloc_shm import _core
+
+        assert os.path.dirname(os.path.abspath(_core.__file__)) == os.path.abspath(expected), _core.__file__
