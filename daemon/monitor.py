@@ -24,13 +24,13 @@ from dataclasses import dataclass
 
 import psutil
 
+from fastalloc_shm import _admin
 from fastalloc_shm.errors import FastallocError
 from fastalloc_shm.stats import PoolStatistics
 
 from .registry import PoolSample, Registry
 
 log = logging.getLogger("fastalloc_shmd")
-SHM_DIR = "/dev/shm"
 LOW_HIT_RATE = 0.95
 LOW_PEAK_RATIO = 0.5
 LOW_SHM_FREE_RATIO = 0.10
@@ -88,7 +88,7 @@ def shm_warnings(total: int, free: int) -> dict[str, str]:
     """The `/dev/shm` space warning, when free space is under 10%."""
     if total and free < LOW_SHM_FREE_RATIO * total:
         return {"low_shm": (
-            f"{SHM_DIR} has {free / 2**20:.1f} MiB free of {total / 2**20:.1f} MiB (under"
+            f"{_admin.SHM_DIR} has {free / 2**20:.1f} MiB free of {total / 2**20:.1f} MiB (under"
             f" {LOW_SHM_FREE_RATIO:.0%}): raise its size (docker --shm-size / compose shm_size, emptyDir sizeLimit)"
             " or remove unused pools (`fastalloc-shm ls`)"
         )}
@@ -169,11 +169,11 @@ class Monitor:
             samples = self.registry.sample()
             dead_in_tables = {(s.name, c.pid) for s in samples for c in s.clients if not c.alive}
         self._handled &= dead_in_tables
-        usage = shutil.disk_usage(SHM_DIR)
+        usage = shutil.disk_usage(_admin.SHM_DIR)
         for sample in samples:
             self._warnings.update(sample.name, pool_warnings(sample.stats))
-        self._warnings.update(SHM_DIR, shm_warnings(usage.total, usage.free))
-        self._warnings.retain({s.name for s in samples} | {SHM_DIR})
+        self._warnings.update(_admin.SHM_DIR, shm_warnings(usage.total, usage.free))
+        self._warnings.retain({s.name for s in samples} | {_admin.SHM_DIR})
         return Snapshot(time.time(), tuple(samples), tuple(self._client_samples(samples)), usage.total, usage.free,
                         self._dead_clients, self._recoveries)
 

@@ -21,8 +21,11 @@ from .report import ClientInfo, RecoveryReport
 AnyPool: TypeAlias = SharedPool
 """Any shared-memory pool (FixedPool, GrowingPool, ThreadLocalPool, ThreadSafePool)."""
 
-__all__ = ["AnyPool", "ClientInfo", "clients", "list_pools", "process_alive", "segment_inode", "start_ticks", "try_recover",
-           "validate_name"]
+__all__ = ["SHM_DIR", "AnyPool", "ClientInfo", "clients", "list_pools", "process_alive", "segment_inode", "start_ticks",
+           "try_recover", "validate_name"]
+
+SHM_DIR = _names.SHM_DIR
+"""Where Linux keeps POSIX shared memory and semaphores (the one definition is in _names)."""
 
 # psutil's create_time() resolves to the kernel's clock tick, 1/100 s on Linux.
 _TICKS = 100

@@ -12,9 +12,8 @@ import time
 
 import msgpack
 
-from . import _core
+from . import _core, _names
 from . import _layout as L
-from . import _names
 from . import _segment as seg
 from .config import PoolConfig
 from .errors import ConfigError, IncompatiblePool, PoolNotFound

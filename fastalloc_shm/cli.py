@@ -27,14 +27,13 @@ from .kinds import POOL_KINDS
 from .pool import attach, unlink
 
 PROG = "fastalloc-shm"
-SHM_DIR = "/dev/shm"
 KINDS = ("fixed", "growing", "threadlocal", "threadsafe")
 
 
 class _SharedMemory:
     """Pools in this machine's /dev/shm."""
 
-    where = SHM_DIR
+    where = _admin.SHM_DIR
 
     def kind(self, pool: Any) -> str:
         return pool.kind
@@ -245,7 +244,7 @@ def _frame(backend: _SharedMemory | _Redis, previous: dict[str, tuple[float, int
     probes = _probe_all(backend)
     header = f"{PROG} top  {time.strftime('%H:%M:%S')}  {len(probes)} pools in {backend.where}"
     if isinstance(backend, _SharedMemory):
-        usage = shutil.disk_usage(SHM_DIR)
+        usage = shutil.disk_usage(_admin.SHM_DIR)
         header += f"  ({usage.used / 2**20:,.1f} of {usage.total / 2**20:,.1f} MiB used)"
     for gone in previous.keys() - {p["name"] for p in probes}:
         del previous[gone]
