@@ -439,6 +439,16 @@ static inline Extent *slot_of_handle(Core *c, PyObject *h, uint32_t *gen, uint32
     return e;
 }
 
+/* The same for an operation: FastallocError if this pool is closed here. */
+static inline Extent *open_slot_of(Core *c, PyObject *h, uint32_t *gen, uint32_t *local)
+{
+    if (c->closed) {
+        RAISE(c, E_CLOSED, ")");
+        return NULL;
+    }
+    return slot_of_handle(c, h, gen, local);
+}
+
 /* Why a handle does not name a readable value: torn, or stale. */
 static PyObject *raise_not_live(Core *c, PyObject *h, uint32_t *m, uint32_t gen)
 {
@@ -891,10 +901,8 @@ static PyObject *unpack_copy(Core *c, PyObject *h, PyObject *copy)
 
 static PyObject *Core_get(Core *c, PyObject *h)
 {
-    if (c->closed)
-        return RAISE(c, E_CLOSED, ")");
     uint32_t gen, local;
-    Extent *e = slot_of_handle(c, h, &gen, &local);
+    Extent *e = open_slot_of(c, h, &gen, &local);
     if (!e)
         return NULL;
     uint32_t *m = meta_of(e, local);
@@ -1108,10 +1116,8 @@ static PyObject *magazine_release(Core *c, PyObject *h, Extent *e, uint32_t loca
 
 static PyObject *Core_release(Core *c, PyObject *h)
 {
-    if (c->closed)
-        return RAISE(c, E_CLOSED, ")");
     uint32_t gen, local;
-    Extent *e = slot_of_handle(c, h, &gen, &local);
+    Extent *e = open_slot_of(c, h, &gen, &local);
     if (!e)
         return NULL;
     if (c->kind == KIND_THREADLOCAL)
@@ -2191,10 +2197,8 @@ static PyObject *Core_clients(Core *c, PyObject *unused)
 /* buffer_range(handle) -> (extent number, offset, length): where a live slot's bytes are, for buffer(). */
 static PyObject *Core_slot_range(Core *c, PyObject *h)
 {
-    if (c->closed)
-        return RAISE(c, E_CLOSED, ")");
     uint32_t gen, local;
-    Extent *e = slot_of_handle(c, h, &gen, &local);
+    Extent *e = open_slot_of(c, h, &gen, &local);
     if (!e)
         return NULL;
     uint32_t *m = meta_of(e, local);

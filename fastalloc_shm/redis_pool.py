@@ -34,6 +34,7 @@ import math
 import os
 import secrets
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -98,6 +99,16 @@ _log = logging.getLogger(__name__)
 # Thread-safe: it runs no Python code while packing (see _codec.pack_function).
 _pack_value = _codec.pack_function()
 _open_pools: weakref.WeakSet[RedisPool] = weakref.WeakSet()
+
+
+# allocate(timeout=) polls a full pool this often, doubling from the first to the last.
+_FIRST_PAUSE, _LAST_PAUSE = 0.001, 0.05
+
+
+def _check_timeout(timeout: float) -> float:
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 <= timeout < float("inf"):
+        raise ValueError(f"timeout: seconds, finite and >= 0 (or None), got {timeout!r}")
+    return float(timeout)
 
 
 class RedisPool:
@@ -239,19 +250,31 @@ class RedisPool:
 
     # -- values -------------------------------------------------------------------------
 
-    def allocate(self, value: Any) -> int:
-        """Store `value` in a free slot and return its handle; PoolExhausted when full at max_capacity.
+    def allocate(self, value: Any, timeout: float | None = None) -> int:
+        """Store `value` in a free slot and return its handle; PoolExhausted when full at max_capacity,
+        or, with `timeout`, when no slot was released within that many seconds.
 
         >>> h = pool.allocate({"id": 1, "tags": [1, 2]})  # doctest: +SKIP
         """
         self._check_open()
-        reply = self._allocate(1, (self._pack(value),))
-        return (reply[2] << INDEX_BITS) | reply[1]
+        payload = (self._pack(value),)
+        deadline = None if timeout is None else time.monotonic() + _check_timeout(timeout)
+        pause = _FIRST_PAUSE
+        while True:
+            try:
+                reply = self._allocate(1, payload)
+                return (reply[2] << INDEX_BITS) | reply[1]
+            except PoolExhausted:
+                # The server has no blocking pop for a slot: poll, backing off, until the deadline.
+                if deadline is None or time.monotonic() >= deadline:
+                    raise
+                time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+                pause = min(pause * 2, _LAST_PAUSE)
 
-    def try_allocate(self, value: Any) -> int | None:
+    def try_allocate(self, value: Any, timeout: float | None = None) -> int | None:
         """Like `allocate`, but None instead of PoolExhausted."""
         try:
-            return self.allocate(value)
+            return self.allocate(value, timeout=timeout)
         except PoolExhausted:
             return None
 

@@ -771,3 +771,60 @@ def test_every_public_name_imports_and_every_error_is_a_fastalloc_error():
     assert len(errors) == 12
     assert all(issubclass(e, FastallocError) for e in errors)
     assert issubclass(ConfigError, ValueError)  # a bad value, as Python's own checks raise
+
+
+# -- backpressure: allocate(value, timeout=) -------------------------------------------------------------
+
+
+def test_a_full_pool_refuses_at_once_without_a_timeout(pool):
+    handles = pool.allocate_many(range(CAPACITY))
+    started = time.monotonic()
+    with pytest.raises(PoolExhausted):
+        pool.allocate("one too many")
+    assert time.monotonic() - started < 1.0, "without a timeout a full pool must not wait"
+    with pytest.raises(PoolExhausted):
+        pool.allocate("still full", timeout=0.2)
+    assert time.monotonic() - started >= 0.2
+    assert pool.try_allocate("no", timeout=0.05) is None
+    pool.release_many(handles)
+    assert usage(pool) == (0, 0)
+
+
+def test_allocate_with_a_timeout_waits_for_a_release_in_another_process(backend, pool_name):
+    with backend.create(pool_name) as pool:
+        handles = pool.allocate_many(range(CAPACITY))
+        # The other process releases one slot after a while and closes (a ThreadLocalPool's
+        # release lands in its own magazine; closing gives it back to everyone).
+        child = subprocess.Popen(
+            [sys.executable, "-c", textwrap.dedent(f"""
+                import time
+                from fastalloc_shm import *
+                p = {_attach_expression(backend, pool_name)}
+                time.sleep(0.3)
+                p.release({handles[3]})
+                p.close()
+            """)], cwd=ROOT)
+        try:
+            started = time.monotonic()
+            h = pool.allocate("waited for", timeout=20)
+            waited = time.monotonic() - started
+        finally:
+            child.wait(30)
+        assert child.returncode == 0
+        assert waited >= 0.2, f"allocate returned after {waited:.3f} s, before anything was released"
+        assert pool.get(h) == "waited for" and unpack(h)[0] == unpack(handles[3])[0]
+        pool.release_many([h, *handles[:3], *handles[4:]])
+        assert usage(pool) == (0, 0)
+
+
+def test_a_bad_timeout_is_refused(pool):
+    for timeout in (-1, float("inf"), float("nan"), "1"):
+        with pytest.raises((ValueError, TypeError)):
+            pool.allocate(1, timeout=timeout)
+    assert usage(pool) == (0, 0)
+
+
+def _attach_expression(backend: Backend, name: str) -> str:
+    if backend.url is not None:
+        return f"RedisPool.attach({name!r}, url={backend.url!r})"
+    return f"{backend.cls.__name__}.attach({name!r})"
