@@ -51,7 +51,12 @@ _unpack = functools.partial(msgpack.unpackb, **_codec.UNPACK_OPTIONS)
 
 def _after_fork_in_child() -> None:
     for pool in list(_open_pools):
-        pool._after_fork_in_child()
+        try:
+            pool._after_fork_in_child()
+        except Exception:  # noqa: BLE001 - e.g. its segment was unlinked meanwhile: one pool must not cost the others theirs
+            _log.warning("pool %r could not be re-attached in the forked child %d; it is closed there", pool.name,
+                         os.getpid(), exc_info=True)
+            pool.close()  # its core left the parent's client entry alone: it had none of its own yet
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
@@ -63,6 +68,13 @@ def _start_ticks(pid: int) -> int:
         return round(psutil.Process(pid).create_time() * 100)
     except psutil.Error:
         return 0
+
+
+def _liveness_path(segment: seg.Segment) -> str:
+    """What the core opens for its liveness lock: the segment through this process's own fd when
+    /proc shows it, so a forked child re-registers even after the name was unlinked."""
+    proc = f"/proc/self/fd/{segment.fd}"
+    return proc if os.path.exists(proc) else seg.segment_path(segment.posix_name)
 
 
 @dataclass(frozen=True)
@@ -257,7 +269,7 @@ class SharedPool:
         self._q = memoryview(segment.mm).cast("Q")
         grows = self._policy.may_grow and cfg.growth_strategy.kind != "none"
         self._core = _core.Core(
-            segment.mm, sem_name, seg.segment_path(segment.posix_name), _names.extent_prefix(name),
+            segment.mm, sem_name, _liveness_path(segment), _names.extent_prefix(name),
             main_uid=os.fstat(segment.fd).st_uid, kind=self._policy.code, lock_timeout=cfg.lock_timeout,
             batch=cfg.batch_size, errors=PoolErrors(self), pack=_codec.pack_function(), unpack=_unpack,
             grow=Grower(self) if grows else None, start_ticks=_start_ticks(os.getpid()), creating=creating,

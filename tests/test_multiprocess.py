@@ -5,7 +5,7 @@ from concurrent.futures import ProcessPoolExecutor
 
 import pytest
 
-from fastalloc_shm import FixedPool, GrowingPool, GrowthStrategy, ThreadLocalPool, ThreadSafePool
+from fastalloc_shm import FixedPool, GrowingPool, GrowthStrategy, ThreadLocalPool, ThreadSafePool, unlink
 
 from . import workers
 from .invariants import check_invariants
@@ -72,3 +72,18 @@ def _allocate_in_fork(pool):
     pool.allocate(2)
     assert len({c.entry for c in pool.clients()}) == 2
     pool.close()
+
+
+def test_a_forked_child_keeps_a_pool_whose_name_was_unlinked(pool_name):
+    ctx = mp.get_context("fork")
+    pool = FixedPool.create(pool_name, capacity=8)
+    try:
+        pool.allocate(1)
+        unlink(pool_name)  # the mapping lives on in this process, as an unlinked file does
+        child = ctx.Process(target=_allocate_in_fork, args=(pool,))
+        child.start()
+        child.join(30)
+        assert child.exitcode == 0
+        assert len(pool) == 2
+    finally:
+        pool.close()
