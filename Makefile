@@ -33,7 +33,7 @@ clean:
 # a copy of the package and its tests whose _core is the instrumented build.
 ASAN_DIR := build/asan
 ASAN_TESTS := tests/test_fuzz_segment.py tests/test_layout.py tests/test_contract.py tests/test_bad_input.py \
-	tests/test_crash_matrix.py tests/test_lock_soundness.py tests/test_kinds.py tests/test_torn_reads.py
+	tests/test_crash_matrix.py tests/test_lock_soundness.py tests/test_kinds.py tests/test_torn_reads.py tests/test_threads.py
 test-asan: $(STAMP)
 	rm -rf $(ASAN_DIR) && mkdir -p $(ASAN_DIR)
 	cp -r fastalloc_shm tests pyproject.toml README.md $(ASAN_DIR)/ && rm -f $(ASAN_DIR)/fastalloc_shm/*.so

@@ -172,6 +172,7 @@ typedef struct {
     uid_t main_uid;
     uid_t trusted[64]; /* owners whose extents this process maps (the pool's trusted uids) */
     int n_trusted;
+    int waiting;       /* threads of this process inside a GIL-free wait on this core: close() must not unmap */
     pid_t pid;
     uint32_t slot_size, stride, alignment;
     int kind;
@@ -544,6 +545,7 @@ static int core_lock_for(Core *c, double timeout, LockInfo *info)
             }
             double until = now + WAIT_SLICE < deadline ? now + WAIT_SLICE : deadline;
             struct timespec ts = monotonic_at(until);
+            c->waiting++;
             if (rc == EDEADLK) {
                 /* The holder's thread id equals ours in another PID namespace: glibc
                  * refuses to wait on "ourselves", so poll. */
@@ -557,6 +559,7 @@ static int core_lock_for(Core *c, double timeout, LockInfo *info)
                 rc = pthread_mutex_clocklock(c->mutex, CLOCK_MONOTONIC, &ts);
                 Py_END_ALLOW_THREADS
             }
+            c->waiting--;
             if (rc == EBUSY || rc == EDEADLK || rc == ETIMEDOUT) {
                 if (PyErr_CheckSignals() < 0)
                     return -1;
@@ -622,9 +625,11 @@ static int token_wait(Core *c, double deadline)
         double until = now + WAIT_SLICE < deadline ? now + WAIT_SLICE : deadline;
         struct timespec ts = monotonic_at(until);
         int rc;
+        c->waiting++;
         Py_BEGIN_ALLOW_THREADS
         rc = sem_clockwait(c->sem, CLOCK_MONOTONIC, &ts);
         Py_END_ALLOW_THREADS
+        c->waiting--;
         if (rc == 0)
             return 1;
         if (PyErr_CheckSignals() < 0)
@@ -1065,11 +1070,8 @@ static PyObject *Core_allocate(Core *c, PyObject *const *args, Py_ssize_t nargs,
     PyObject *value = NULL, *timeout_obj = NULL;
     Py_ssize_t nk = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
     if (nargs < 1 || nargs > 2) {
-        if (!(nargs == 1 && nk))
-        {
-            PyErr_SetString(PyExc_TypeError, "allocate(value, timeout=None)");
-            return NULL;
-        }
+        PyErr_SetString(PyExc_TypeError, "allocate(value, timeout=None)");
+        return NULL;
     }
     value = args[0];
     if (nargs == 2)
@@ -1436,6 +1438,16 @@ static int refill(Core *c)
         PyMem_Free(t);
         return (int)n;
     }
+    /* Another thread may have refilled while we waited for the lock: room again, or give them back. */
+    if (magazine_reserve(c, c->mag_len + n) < 0) {
+        if (core_lock(c) == 0) {
+            unwind_locked(c, t, n);
+            core_unlock(c);
+            tokens_post(c, n);
+        }
+        PyMem_Free(t);
+        return -1;
+    }
     int64_t others = 0;
     for (int i = 0; i < MAX_CLIENTS; i++)
         if (i != c->entry)
@@ -1455,6 +1467,8 @@ static int drain(Core *c, Py_ssize_t count)
         return 0;
     if (core_lock(c) < 0)
         return -1;
+    if (count > c->mag_len)
+        count = c->mag_len; /* other threads allocated from it while we waited for the lock */
     Py_ssize_t given = 0;
     for (Py_ssize_t i = 0; i < count; i++) {
         uint32_t local;
@@ -1511,6 +1525,8 @@ static PyObject *magazine_release(Core *c, PyObject *h, Extent *e, uint32_t loca
     if (!claimed)
         return raise_not_live(c, h, m, gen);
     FAULT(F_MAGAZINE_RELEASE);
+    if (busy && magazine_reserve(c, c->mag_len + 1) < 0)
+        return NULL; /* out of memory after a wait: the slot stays cached by us until recover() */
     c->mag[c->mag_len++] = (uint32_t)(e->first + local);
     c->my_entry[CLIENT_DEALLOCATIONS]++;
     if (c->mag_len > 2 * (Py_ssize_t)c->batch && drain(c, c->mag_len - c->batch) < 0)
@@ -1922,6 +1938,9 @@ static PyObject *Core_close(Core *c, PyObject *unused)
 {
     if (c->closed)
         Py_RETURN_NONE;
+    if (c->waiting)
+        return raise_code(c, E_OS, Py_BuildValue("(s)", "another thread of this process is waiting on this pool; "
+                                                         "close it once that call has returned"));
     int rc = c->have_view ? unregister_client(c) : 0;
     release_resources(c);
     if (rc < 0)
@@ -1938,6 +1957,7 @@ static PyObject *Core_after_fork(Core *c, PyObject *arg)
     if (PyErr_Occurred())
         return NULL;
     c->mag_len = 0;
+    c->waiting = 0; /* the threads that were waiting did not come along */
     c->entry = -1;
     if (register_client(c, ticks) < 0)
         return NULL;

@@ -530,8 +530,8 @@ class SharedPool:
     def close(self) -> None:
         """Unmap the pool in this process (the pool stays for others)."""
         if not self._closed:
+            self._core.close()  # refuses while another thread waits inside it
             self._closed = True
-            self._core.close()
         _open_pools.discard(self)
         if self._q is not None:
             self._q.release()

@@ -1,0 +1,81 @@
+"""Threads of one process on one pool while other processes contend for its lock.
+
+A thread that waits for the lock lets the GIL go, so other threads of its process run
+meanwhile: magazines, batches and close() must all stay sound across such waits
+(`make test-asan` runs this file, so an overflow of a process's magazine fails there)."""
+
+import multiprocessing as mp
+import threading
+import time
+
+import pytest
+
+from fastalloc_shm import FastallocError, FixedPool, PoolExhausted, ThreadLocalPool, ThreadSafePool
+
+from .invariants import check_invariants
+
+FORK = mp.get_context("fork")
+
+
+def _contend(name: str, stop, cls) -> None:
+    """Another process: batches under the lock, as fast as it can, until told to stop."""
+    pool = cls.attach(name)
+    while not stop.is_set():
+        try:
+            pool.release_many(pool.allocate_many(range(6)))
+        except PoolExhausted:
+            time.sleep(0.0005)
+    pool.close()
+
+
+@pytest.mark.parametrize("cls", [ThreadLocalPool, ThreadSafePool, FixedPool])
+def test_threads_and_a_contending_process_lose_and_corrupt_nothing(pool_name, cls):
+    extra = {"batch_size": 4} if cls is ThreadLocalPool else {}
+    with cls.create(pool_name, capacity=96, slot_size=64, **extra) as pool:
+        stop = FORK.Event()
+        other = FORK.Process(target=_contend, args=(pool_name, stop, cls))
+        other.start()
+        errors: list[str] = []
+
+        def churn(t: int) -> None:
+            held = []
+            for n in range(3000):
+                try:
+                    held.append((pool.allocate({"t": t, "n": n}), n))
+                except PoolExhausted:
+                    pass
+                if len(held) > 5 or (held and n % 3 == 0):
+                    h, m = held.pop(0)
+                    if pool.get(h) != {"t": t, "n": m}:
+                        errors.append(f"thread {t} read back a wrong value")
+                    pool.release(h)
+            for h, m in held:
+                if pool.get(h) != {"t": t, "n": m}:
+                    errors.append(f"thread {t} read back a wrong value")
+                pool.release(h)
+
+        threads = [threading.Thread(target=churn, args=(t,)) for t in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+        stop.set()
+        other.join(60)
+        assert other.exitcode == 0
+        assert not errors, errors[:3]
+        assert len(pool) == 0
+        counts = check_invariants(pool)
+        assert counts["allocated"] == counts["writing"] == 0
+
+
+def test_close_refuses_while_another_thread_waits_inside_the_pool(pool_name):
+    with FixedPool.create(pool_name, capacity=1, lock_timeout=5) as pool:
+        h = pool.allocate("the only slot")
+        waiter = threading.Thread(target=lambda: pool.try_allocate("waits", timeout=1.0))
+        waiter.start()
+        time.sleep(0.2)  # the waiter is inside the core, waiting for a free slot without the GIL
+        with pytest.raises(FastallocError, match="another thread"):
+            pool.close()
+        waiter.join(10)
+        assert pool.get(h) == "the only slot"
+    assert pool._closed
