@@ -1297,7 +1297,8 @@ static PyObject *Core_allocate_many(Core *c, PyObject *values)
         /* Out of memory with slots taken: give them back. */
         if (core_lock(c) == 0) {
             unwind_locked(c, taken, n);
-            count_deallocations(c, (uint64_t)n);
+            c->hdr[HDR_ALLOCATIONS] -= (uint64_t)n; /* never handed out */
+            c->hdr[HDR_IN_USE] -= (uint64_t)n;
             core_unlock(c);
             tokens_post(c, n);
         }
@@ -1535,10 +1536,74 @@ static PyObject *magazine_release(Core *c, PyObject *h, Extent *e, uint32_t loca
 }
 
 /* ---- recovery (lock held) ---- */
-static void tally_add(long *counts, int which) { counts[which]++; }
 enum { T_CACHED, T_HALF, T_TORN, T_KEPT, T_RECLAIMED, T_CORRUPT, T_IN_USE, T_COUNT };
 static const char *tally_names[T_COUNT] = {"cached_returned", "half_written_freed", "torn_values", "orphans_kept",
                                            "orphans_reclaimed", "corrupt_slots", "in_use"};
+
+/* What recovery makes of one slot's (generation, state word) pair `cur`: the pair it
+ * should hold (`*want`), counted in `found`. */
+enum { SLOT_KEEP, SLOT_FREE, SLOT_TORN_NOW };
+static int judge_slot(Core *c, uint32_t *m, uint64_t cur, int reclaim, signed char *alive, long *found, uint64_t *want)
+{
+    uint32_t g = (uint32_t)cur, word = (uint32_t)(cur >> 32);
+    uint32_t st = state_of(word), owner = owner_of(word), seq = LOAD(&m[META_SEQ]);
+    int verdict = SLOT_KEEP, bump = 1;
+    *want = cur;
+    if ((g & GENERATION_MASK) == 0 || st > SETTING) {
+        found[T_CORRUPT]++;
+        verdict = SLOT_FREE;
+        g = 0;
+    } else if (st == FREE) {
+        verdict = SLOT_FREE;
+        bump = 0;
+    } else if (st == WRITING) {
+        if (owner_alive(c, owner, alive))
+            found[T_IN_USE]++;
+        else {
+            found[T_HALF]++;
+            verdict = SLOT_FREE;
+        }
+    } else if (st == CACHED) {
+        if (!owner_alive(c, owner, alive)) {
+            found[T_CACHED]++;
+            verdict = SLOT_FREE;
+        }
+    } else if (st == ALLOCATED && (g & UNREADABLE)) {
+        found[T_CORRUPT]++;
+        verdict = SLOT_FREE;
+    } else {
+        /* Allocated, torn, or being set() when its setter died (then torn if the sequence is odd). */
+        if (st == SETTING || (st == ALLOCATED && (seq & 1))) {
+            st = (seq & 1) ? TORN : ALLOCATED;
+            g = st == TORN ? (g | UNREADABLE) : (g & GENERATION_MASK);
+            if (st == TORN) {
+                found[T_TORN]++;
+                verdict = SLOT_TORN_NOW;
+            }
+        } else if (st == TORN && !(g & UNREADABLE)) {
+            st = ALLOCATED; /* set() repaired it, then died before saying so */
+        }
+        if (LOAD(&m[META_LEN]) > c->slot_size) {
+            found[T_CORRUPT]++;
+            verdict = SLOT_FREE;
+        } else if (owner_alive(c, owner, alive)) {
+            found[T_IN_USE]++;
+        } else if (reclaim) {
+            found[T_RECLAIMED]++;
+            verdict = SLOT_FREE;
+        } else {
+            found[T_KEPT]++;
+            found[T_IN_USE]++;
+        }
+        if (verdict != SLOT_FREE)
+            *want = pair(g, (st << STATE_SHIFT) | owner);
+    }
+    if (verdict == SLOT_FREE) {
+        uint32_t ng = bump ? next_generation(g) : (g & GENERATION_MASK ? g & GENERATION_MASK : 1);
+        *want = pair(ng | UNREADABLE, FREE << STATE_SHIFT);
+    }
+    return verdict;
+}
 
 /* Rebuild every extent from slot states and re-derive the counters and the
  * semaphore. Nothing a dead process wrote half-way is trusted.
@@ -1586,69 +1651,24 @@ static int rebuild_locked(Core *c, int reclaim, PyObject *tally)
         w[EXT_FREE] = 0;
         for (uint32_t i = fresh; i-- > 0;) {
             uint32_t *m = meta_of(e, i);
-            uint32_t g = m[META_GEN], word = m[META_WORD];
-            uint32_t st = state_of(word), owner = owner_of(word);
-            int free_it = 0, bump = 1;
-            if ((g & GENERATION_MASK) == 0 || st > SETTING) {
-                tally_add(counts, T_CORRUPT);
-                free_it = 1;
-                g = 0;
-            } else if (st == FREE) {
-                free_it = 1;
-                bump = 0;
-            } else if (st == WRITING) {
-                if (owner_alive(c, owner, alive))
-                    tally_add(counts, T_IN_USE);
-                else {
-                    tally_add(counts, T_HALF);
-                    free_it = 1;
-                }
-            } else if (st == CACHED) {
-                if (!owner_alive(c, owner, alive)) {
-                    tally_add(counts, T_CACHED);
-                    free_it = 1;
-                }
-            } else {
-                if (st == SETTING) {
-                    st = (m[META_SEQ] & 1) ? TORN : ALLOCATED;
-                    if (st == TORN)
-                        tally_add(counts, T_TORN);
-                    g = st == TORN ? (g | UNREADABLE) : (g & GENERATION_MASK);
-                } else if (st == ALLOCATED && (g & UNREADABLE)) {
-                    tally_add(counts, T_CORRUPT);
-                    st = FREE;
-                    free_it = 1;
-                } else if (st == TORN && !(g & UNREADABLE)) {
-                    st = ALLOCATED;
-                }
-                if (!free_it) {
-                    if ((m[META_SEQ] & 1) && st == ALLOCATED) {
-                        tally_add(counts, T_TORN);
-                        st = TORN;
-                        g |= UNREADABLE;
-                    }
-                    if (m[META_SEQ] & 1)
-                        m[META_SEQ]++;
-                    if (m[META_LEN] > c->slot_size) {
-                        tally_add(counts, T_CORRUPT);
-                        free_it = 1;
-                    } else if (owner_alive(c, owner, alive)) {
-                        tally_add(counts, T_IN_USE);
-                    } else if (reclaim) {
-                        tally_add(counts, T_RECLAIMED);
-                        free_it = 1;
-                    } else {
-                        tally_add(counts, T_KEPT);
-                        tally_add(counts, T_IN_USE);
-                    }
-                    if (!free_it)
-                        STORE_REL((uint64_t *)m, pair(g, (st << STATE_SHIFT) | owner));
-                }
-            }
-            if (free_it) {
-                uint32_t ng = bump ? next_generation(g) : (g & GENERATION_MASK ? g & GENERATION_MASK : 1);
-                STORE_REL((uint64_t *)m, pair(ng | UNREADABLE, FREE << STATE_SHIFT));
+            uint64_t cur = LOAD_ACQ((uint64_t *)m), want;
+            long found[T_COUNT];
+            int verdict;
+            /* A live process may release an allocated slot into its magazine meanwhile
+             * (lock-free): the new pair goes in by compare-and-swap, judged again if it moved. */
+            do {
+                memset(found, 0, sizeof found);
+                verdict = judge_slot(c, m, cur, reclaim, alive, found, &want);
+            } while (want != cur && !__atomic_compare_exchange_n((uint64_t *)m, &cur, want, 0, __ATOMIC_ACQ_REL,
+                                                                 __ATOMIC_ACQUIRE));
+            for (int t = 0; t < T_COUNT; t++)
+                counts[t] += found[t];
+            if (verdict == SLOT_FREE) {
+                if (m[META_SEQ] & 1)
+                    m[META_SEQ]++;
                 push_slot(e, i);
+            } else if (verdict == SLOT_TORN_NOW && (m[META_SEQ] & 1)) {
+                m[META_SEQ]++;
             }
             if (i == fresh / 2)
                 FAULT(F_RECOVER_REBUILDING);
@@ -2112,8 +2132,8 @@ static PyObject *Core_unwind_slot(Core *c, PyObject *index_obj)
         return NULL;
     Taken t = {e, local};
     unwind_locked(c, &t, 1);
-    count_deallocations(c, 1);
-    c->hdr[HDR_ALLOCATIONS]--;
+    c->hdr[HDR_ALLOCATIONS]--; /* never handed out: as if it had not been taken */
+    c->hdr[HDR_IN_USE]--;
     core_unlock(c);
     tokens_post(c, 1);
     Py_RETURN_NONE;
