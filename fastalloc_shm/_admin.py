@@ -14,7 +14,7 @@ import psutil
 
 from . import _names
 from .errors import LockTimeout
-from .pool import SharedPool
+from .pool import TICKS_PER_SECOND, SharedPool, start_ticks
 from .pool import list_pools as _list_pools
 from .report import ClientInfo, RecoveryReport
 
@@ -27,21 +27,10 @@ __all__ = ["SHM_DIR", "AnyPool", "ClientInfo", "clients", "list_pools", "process
 SHM_DIR = _names.SHM_DIR
 """Where Linux keeps POSIX shared memory and semaphores (the one definition is in _names)."""
 
-# psutil's create_time() resolves to the kernel's clock tick, 1/100 s on Linux.
-_TICKS = 100
-
 
 def clients(pool: AnyPool) -> list[ClientInfo]:
     """The processes attached to `pool`, from its client table, liveness from the kernel."""
     return pool.clients()
-
-
-def start_ticks(pid: int) -> int:
-    """Start time of `pid` in 1/100 s (0 if it is gone): with the pid, it tells a process from a later one."""
-    try:
-        return round(psutil.Process(pid).create_time() * _TICKS)
-    except psutil.Error:
-        return 0
 
 
 def process_alive(pid: int, ticks: int = 0) -> bool:
@@ -53,7 +42,7 @@ def process_alive(pid: int, ticks: int = 0) -> bool:
         return False
     try:
         proc = psutil.Process(pid)
-        if ticks and abs(round(proc.create_time() * _TICKS) - ticks) > 1:
+        if ticks and abs(round(proc.create_time() * TICKS_PER_SECOND) - ticks) > 1:
             return False
         return proc.status() != psutil.STATUS_ZOMBIE
     except (psutil.NoSuchProcess, psutil.ZombieProcess):

@@ -1699,7 +1699,7 @@ static int rebuild_locked(Core *c, int reclaim, PyObject *tally)
     return 0;
 }
 
-/* recover(reclaim, wait) -> (tally dict, lock_taken_over, dead pids) or None if the lock stayed busy for `wait` s. */
+/* recover(reclaim, wait) -> (tally dict, lock_taken_over, dead pids); LockTimeout if the lock stays busy for `wait` s. */
 static PyObject *Core_recover(Core *c, PyObject *args)
 {
     int reclaim;
@@ -2067,7 +2067,7 @@ static PyObject *Core_pre_initialize(Core *c, PyObject *value)
     Py_RETURN_NONE;
 }
 
-/* acquire_slot() -> (extent index, local, previous packed bytes or None): a slot being written, for acquire(). */
+/* take_slot() -> (pool-wide index, previous packed bytes or None): a slot being written, for acquire(). */
 static PyObject *Core_take_slot(Core *c, PyObject *unused)
 {
     if (c->closed)
@@ -2234,7 +2234,7 @@ static PyObject *Core_clients(Core *c, PyObject *unused)
     return out;
 }
 
-/* buffer_range(handle) -> (extent number, offset, length): where a live slot's bytes are, for buffer(). */
+/* slot_range(handle) -> (extent number, offset in its segment): where a live slot's bytes are, for buffer(). */
 static PyObject *Core_slot_range(Core *c, PyObject *h)
 {
     uint32_t gen, local;

@@ -62,10 +62,14 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def _start_ticks(pid: int) -> int:
-    """Start time of `pid` in 1/100 s (shown beside the pid in clients(); never trusted)."""
+# psutil's create_time() resolves to the kernel's clock tick, 1/100 s on Linux.
+TICKS_PER_SECOND = 100
+
+
+def start_ticks(pid: int) -> int:
+    """Start time of `pid` in 1/100 s, 0 if it is gone (shown beside the pid in clients(); never trusted)."""
     try:
-        return round(psutil.Process(pid).create_time() * 100)
+        return round(psutil.Process(pid).create_time() * TICKS_PER_SECOND)
     except psutil.Error:
         return 0
 
@@ -174,7 +178,7 @@ class SharedPool:
             # Before the semaphore exists, so whoever finds the segment can name it (see unlink).
             q[L.HDR_POOL_ID] = pool_id
             q[L.HDR_CREATOR_PID] = os.getpid()
-            q[L.HDR_CREATOR_START] = _start_ticks(os.getpid())
+            q[L.HDR_CREATOR_START] = start_ticks(os.getpid())
             q[L.HDR_VERSION] = L.LAYOUT_VERSION
             q[L.HDR_KIND] = cls._policy.code
             q[L.HDR_SLOT_SIZE] = cfg.slot_size
@@ -272,7 +276,7 @@ class SharedPool:
             segment.mm, sem_name, _liveness_path(segment), _names.extent_prefix(name),
             main_uid=os.fstat(segment.fd).st_uid, kind=self._policy.code, lock_timeout=cfg.lock_timeout,
             batch=cfg.batch_size, errors=PoolErrors(self), pack=_codec.pack_function(), unpack=_unpack,
-            grow=Grower(self) if grows else None, start_ticks=_start_ticks(os.getpid()), creating=creating,
+            grow=Grower(self) if grows else None, start_ticks=start_ticks(os.getpid()), creating=creating,
             trusted=tuple(trusted), reclaim=cfg.orphan_policy == "reclaim",
         )
         core = self._core
@@ -285,7 +289,7 @@ class SharedPool:
         if self._closed:
             return
         self._creator = False  # the child never unlinks on context exit
-        self._core.after_fork(_start_ticks(os.getpid()))
+        self._core.after_fork(start_ticks(os.getpid()))
 
     # -- properties -----------------------------------------------------------
 
