@@ -48,7 +48,7 @@ LOCK_TIMEOUT = 0.05
 ALLOCATE = ("alloc.token", "lock.acquired", "alloc.marked", "alloc.popped", "lock.released", "alloc.writing")
 RELEASE = ("lock.acquired", "release.freed", "release.pushed", "lock.released")
 SET = ("lock.acquired", "set.writing", "lock.released")
-TAKE_MANY = ("lock.acquired", "batch.taking", "lock.released")
+TAKE_MANY = ("lock.acquired", "batch.taking", "lock.released", "alloc.writing")  # then each value is written
 RELEASE_MANY = ("lock.acquired", "batch.releasing", "lock.released")
 
 SHARED_LIST_OPS = [("allocate", ALLOCATE), ("release", RELEASE), ("set", SET), ("allocate_many", TAKE_MANY),
@@ -59,6 +59,7 @@ THREADLOCAL_OPS = [
     ("cycle", ("batch.releasing",)),  # the magazine overflows and drains
     ("set", SET),
     ("allocate_many", TAKE_MANY),
+    ("release_many", RELEASE_MANY),  # under the lock, straight to the free lists
     ("recover", ("recover.rebuilding",)),
 ]
 CASES = [(kind, op, point) for kind in ("fixed", "threadsafe", "growing") for op, points in SHARED_LIST_OPS
