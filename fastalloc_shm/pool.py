@@ -92,11 +92,22 @@ class KindPolicy:
     """Accepts a growth strategy (GrowingPool always has one)."""
 
 
+# Every kind by the name its header records; each class enters itself when it is defined,
+# so attach() finds the class without this module importing the kinds (they import it).
+_KINDS: dict[str, type[SharedPool]] = {}
+
+
 class SharedPool:
     """What every shared-memory pool kind shares; use FixedPool, GrowingPool,
     ThreadLocalPool or ThreadSafePool."""
 
     _policy: ClassVar[KindPolicy]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        policy = cls.__dict__.get("_policy")
+        if policy is not None:
+            _KINDS[policy.name] = cls
 
     # Class-level defaults: close() is safe even if __init__ failed half-way.
     _closed = True
@@ -237,17 +248,11 @@ class SharedPool:
         name = _names.validate(name)
         trusted = _trust.trusted_uids(trusted_uids)
         segment, cfg, kind = open_ready(name, trusted)
-        pool_cls = cls
-        if cls is SharedPool:
-            from .kinds import POOL_KINDS
-
-            pool_cls = POOL_KINDS[kind]
-        elif kind != cls._policy.name:
+        pool_cls = _KINDS[kind]
+        if cls is not SharedPool and pool_cls is not cls:
             segment.close()
-            from .kinds import POOL_KINDS
-
             raise IncompatiblePool(
-                f"pool {name!r} is a {POOL_KINDS[kind].__name__}; attach it with that class or fastalloc_shm.attach()"
+                f"pool {name!r} is a {pool_cls.__name__}; attach it with that class or fastalloc_shm.attach()"
             )
         pool = pool_cls.__new__(pool_cls)
         try:
