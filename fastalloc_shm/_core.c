@@ -1641,12 +1641,11 @@ static int rebuild_locked(Core *c, int reclaim, PyObject *tally)
         w[EXT_MAGIC] = EXTENT_MAGIC;
         uint32_t fresh = w[EXT_FRESH] <= e->cap ? w[EXT_FRESH] : e->cap;
         /* Slots past the fresh mark were never handed out: a process that died
-         * before moving the mark may have marked one; clear it. */
-        for (uint32_t i = fresh; i < e->cap; i++) {
-            uint64_t *pm = (uint64_t *)meta_of(e, i);
-            if (*pm)
-                *pm = 0;
-        }
+         * before moving the mark may have marked the one at it (only that one:
+         * a fresh slot is marked, then the mark moves). Clear it. Touching no
+         * other slot past the mark keeps a repair's cost to the slots in use. */
+        if (fresh < e->cap)
+            *(uint64_t *)meta_of(e, fresh) = 0;
         w[EXT_HEAD] = 0;
         w[EXT_FREE] = 0;
         for (uint32_t i = fresh; i-- > 0;) {
@@ -1682,10 +1681,15 @@ static int rebuild_locked(Core *c, int reclaim, PyObject *tally)
     for (int k = 0; k < c->n_ext; k++)
         cap += c->ext[k].cap;
     c->hdr[HDR_CAPACITY] = cap;
-    /* Re-derive the free-slot count: drain, then post what is free. */
-    while (token_try(c)) {
+    /* Re-derive the free-slot count from what is free: move it by the difference
+     * (allocators taking tokens meanwhile make it approximate; it heals). */
+    int tokens = 0;
+    if (sem_getvalue(c->sem, &tokens) == 0) {
+        if ((uint64_t)tokens > free_total)
+            tokens_take(c, (Py_ssize_t)((uint64_t)tokens - free_total));
+        else
+            tokens_post(c, (Py_ssize_t)(free_total - (uint64_t)tokens));
     }
-    tokens_post(c, (Py_ssize_t)free_total);
     if (tally) {
         for (int t = 0; t < T_COUNT; t++) {
             PyObject *v = PyLong_FromLong(counts[t]);
