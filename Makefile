@@ -38,7 +38,11 @@ test-asan: $(STAMP)
 	rm -rf $(ASAN_DIR) && mkdir -p $(ASAN_DIR)
 	cp -r fastalloc_shm tests pyproject.toml README.md $(ASAN_DIR)/ && rm -f $(ASAN_DIR)/fastalloc_shm/*.so
 	$(BIN)/python tools/build_core.py --sanitize --out $(ASAN_DIR)/fastalloc_shm
-	cd $(ASAN_DIR) && ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+	# A sanitizer stops the process at once, before pytest shows what it captured: its report
+	# goes to files, printed when the run fails.
+	cd $(ASAN_DIR) && ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:log_path=$(CURDIR)/$(ASAN_DIR)/report \
+	UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1:log_path=$(CURDIR)/$(ASAN_DIR)/report \
 	LD_PRELOAD="$$(cc -print-file-name=libasan.so) $$(cc -print-file-name=libubsan.so)" \
 	FASTALLOC_EXPECT_CORE=$(CURDIR)/$(ASAN_DIR)/fastalloc_shm \
-	$(CURDIR)/$(BIN)/python -m pytest -q -p no:cacheprovider $(ASAN_TESTS) -k "not RedisPool"
+	$(CURDIR)/$(BIN)/python -m pytest -q -p no:cacheprovider $(ASAN_TESTS) -k "not RedisPool" \
+	|| { cat $(ASAN_DIR)/report.* 2>/dev/null; exit 1; }

@@ -1449,11 +1449,11 @@ static int refill(Core *c)
         PyMem_Free(t);
         return -1;
     }
-    int64_t others = 0;
+    uint64_t others = 0;
     for (int i = 0; i < MAX_CLIENTS; i++)
         if (i != c->entry)
-            others += (int64_t)(LOAD(&client_words(c, i)[CLIENT_ALLOCATIONS]) - LOAD(&client_words(c, i)[CLIENT_DEALLOCATIONS]));
-    c->others_in_use = others;
+            others += LOAD(&client_words(c, i)[CLIENT_ALLOCATIONS]) - LOAD(&client_words(c, i)[CLIENT_DEALLOCATIONS]);
+    c->others_in_use = (int64_t)others;
     /* Lowest index on top: pop() takes it first, as a fresh pool does. */
     for (Py_ssize_t i = n - 1; i >= 0; i--)
         c->mag[c->mag_len++] = (uint32_t)(t[i].e->first + t[i].local);
@@ -1501,8 +1501,8 @@ static PyObject *magazine_allocate(Core *c, const Packed *p)
         return raise_damaged(c, "a magazine slot is outside the pool");
     uint64_t *mine = c->my_entry;
     mine[CLIENT_ALLOCATIONS]++;
-    int64_t used = (int64_t)LOAD(&c->hdr[HDR_IN_USE]) + (int64_t)(mine[CLIENT_ALLOCATIONS] - mine[CLIENT_DEALLOCATIONS])
-                   + c->others_in_use;
+    int64_t used = (int64_t)(LOAD(&c->hdr[HDR_IN_USE]) + (mine[CLIENT_ALLOCATIONS] - mine[CLIENT_DEALLOCATIONS])
+                             + (uint64_t)c->others_in_use);
     if (used > (int64_t)LOAD(&c->hdr[HDR_PEAK]))
         STORE(&c->hdr[HDR_PEAK], (uint64_t)used); /* a high-water mark: a lost race costs one slot of precision */
     return write_and_publish(c, e, local, p);
@@ -1620,13 +1620,13 @@ static int rebuild_locked(Core *c, int reclaim, PyObject *tally)
     if (map_new_extents(c) < 0)
         PyErr_Clear(); /* rebuild what we can reach; the rest says so when used */
     /* Fold the counters of entries whose process is gone into the header. */
-    int64_t live_delta = 0;
+    uint64_t live_delta = 0;
     for (int i = 0; i < MAX_CLIENTS; i++) {
         uint64_t *cw = client_words(c, i);
         if (!cw[CLIENT_ALLOCATIONS] && !cw[CLIENT_DEALLOCATIONS])
             continue;
         if (entry_alive(c, i)) {
-            live_delta += (int64_t)(cw[CLIENT_ALLOCATIONS] - cw[CLIENT_DEALLOCATIONS]);
+            live_delta += cw[CLIENT_ALLOCATIONS] - cw[CLIENT_DEALLOCATIONS];
             continue;
         }
         c->hdr[HDR_ALLOCATIONS] += cw[CLIENT_ALLOCATIONS];
@@ -1676,7 +1676,7 @@ static int rebuild_locked(Core *c, int reclaim, PyObject *tally)
         free_total += w[EXT_FREE] + (e->cap - fresh);
     }
     c->hdr[HDR_FREE_HINT] = 0;
-    c->hdr[HDR_IN_USE] = (uint64_t)((int64_t)counts[T_IN_USE] - live_delta);
+    c->hdr[HDR_IN_USE] = (uint64_t)counts[T_IN_USE] - live_delta;
     uint64_t cap = 0;
     for (int k = 0; k < c->n_ext; k++)
         cap += c->ext[k].cap;
@@ -2152,14 +2152,15 @@ static PyObject *Core_counters(Core *c, PyObject *unused)
         PyErr_Clear();
     uint64_t *h = c->hdr;
     uint64_t allocs = LOAD(&h[HDR_ALLOCATIONS]), deallocs = LOAD(&h[HDR_DEALLOCATIONS]);
-    int64_t in_use = (int64_t)LOAD(&h[HDR_IN_USE]);
+    uint64_t sum = LOAD(&h[HDR_IN_USE]);
     for (int i = 0; i < MAX_CLIENTS; i++) {
         uint64_t *cw = client_words(c, i);
         uint64_t a = LOAD(&cw[CLIENT_ALLOCATIONS]), d = LOAD(&cw[CLIENT_DEALLOCATIONS]);
         allocs += a;
         deallocs += d;
-        in_use += (int64_t)(a - d);
+        sum += a - d;
     }
+    int64_t in_use = (int64_t)sum;
     if (in_use < 0)
         in_use = 0;
     uint64_t peak = LOAD(&h[HDR_PEAK]);
@@ -2180,11 +2181,12 @@ static PyObject *Core_len(Core *c, PyObject *unused)
 {
     if (c->closed)
         return RAISE(c, E_CLOSED, ")");
-    int64_t in_use = (int64_t)LOAD(&c->hdr[HDR_IN_USE]);
+    uint64_t sum = LOAD(&c->hdr[HDR_IN_USE]);
     for (int i = 0; i < MAX_CLIENTS; i++) {
         uint64_t *cw = client_words(c, i);
-        in_use += (int64_t)(LOAD(&cw[CLIENT_ALLOCATIONS]) - LOAD(&cw[CLIENT_DEALLOCATIONS]));
+        sum += LOAD(&cw[CLIENT_ALLOCATIONS]) - LOAD(&cw[CLIENT_DEALLOCATIONS]);
     }
+    int64_t in_use = (int64_t)sum;
     return PyLong_FromLongLong(in_use > 0 ? in_use : 0);
 }
 
@@ -2197,13 +2199,13 @@ static PyObject *Core_reset_statistics(Core *c, PyObject *unused)
         return NULL;
     uint64_t *h = c->hdr;
     uint64_t live_a = 0, live_d = 0;
-    int64_t in_use = (int64_t)h[HDR_IN_USE];
+    uint64_t sum = h[HDR_IN_USE];
     for (int i = 0; i < MAX_CLIENTS; i++) {
         uint64_t *cw = client_words(c, i);
         live_a += LOAD(&cw[CLIENT_ALLOCATIONS]);
         live_d += LOAD(&cw[CLIENT_DEALLOCATIONS]);
     }
-    in_use += (int64_t)(live_a - live_d);
+    int64_t in_use = (int64_t)(sum + (live_a - live_d));
     /* Entries' counts are their owners' to write; offset the header by them instead. */
     h[HDR_ALLOCATIONS] = (uint64_t)0 - live_a;
     h[HDR_DEALLOCATIONS] = (uint64_t)0 - live_d;
