@@ -500,6 +500,8 @@ static double monotonic_now(void)
 static struct timespec monotonic_at(double t)
 {
     struct timespec ts;
+    if (!(t < 1e12))
+        t = 1e12; /* a lock_timeout of centuries: still a time_t */
     ts.tv_sec = (time_t)t;
     ts.tv_nsec = (long)((t - (double)ts.tv_sec) * 1e9);
     if (ts.tv_nsec >= 1000000000L) {

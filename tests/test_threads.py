@@ -79,3 +79,35 @@ def test_close_refuses_while_another_thread_waits_inside_the_pool(pool_name):
         waiter.join(10)
         assert pool.get(h) == "the only slot"
     assert pool._closed
+
+
+def test_an_enormous_lock_timeout_waits_like_any_other(tmp_path, pool_name):
+    """lock_timeout=1e300 is finite, so it is accepted; its deadline must still be a time the kernel takes."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    with FixedPool.create(pool_name, capacity=4, lock_timeout=1e300) as pool:
+        marker = tmp_path / "fault"
+        env = dict(os.environ, FASTALLOC_FAULT="alloc.popped:stop", FASTALLOC_FAULT_FILE=str(marker))
+        child = subprocess.Popen([sys.executable, "-m", "tests.crash_child", pool_name, "allocate"],
+                                 cwd=Path(__file__).resolve().parent.parent, env=env, stdout=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 30
+            while not (marker.exists() and "alloc.popped" in marker.read_text()):
+                assert child.poll() is None and time.monotonic() < deadline, "the child never stopped holding the lock"
+                time.sleep(0.01)
+            got = []
+            waiter = threading.Thread(target=lambda: got.append(pool.allocate("after the holder")))
+            waiter.start()
+            time.sleep(0.2)
+            assert waiter.is_alive(), "the waiter should still be waiting for the stopped holder"
+            os.kill(child.pid, signal.SIGCONT)
+            waiter.join(30)
+            assert got and pool.get(got[0]) == "after the holder"
+        finally:
+            os.kill(child.pid, signal.SIGCONT)
+            child.communicate(timeout=30)
+        assert child.returncode == 0
