@@ -1,4 +1,4 @@
-"""Reading a pool's header on attach: wait for its creator, refuse anything foreign.
+"""A pool's header: written once by its creator, read on attach (wait for the creator, refuse anything foreign).
 
 Creation is exclusive (O_EXCL) and marks the header ready last, so an attacher
 may meet a segment not yet sized, not yet written, or never finished because
@@ -8,6 +8,7 @@ or one of another layout version.
 
 from __future__ import annotations
 
+import os
 import time
 
 import msgpack
@@ -101,5 +102,38 @@ def check_header(segment: seg.Segment, what: str) -> tuple[PoolConfig, str] | No
                 or not 1 <= q[L.HDR_EXTENTS] <= L.MAX_EXTENTS):
             raise IncompatiblePool(f"{what}: header does not match its segment ({segment.size} bytes); damaged")
         return cfg, kind
+    finally:
+        q.release()
+
+
+def encode_config(cfg: PoolConfig) -> bytes:
+    """The config record the header stores (ConfigError when it does not fit)."""
+    record = msgpack.packb(cfg.to_record(), use_bin_type=True)
+    if len(record) > L.MAX_CONFIG_BYTES:
+        raise ConfigError(f"config: {len(record)} bytes recorded, at most {L.MAX_CONFIG_BYTES} fit in the header")
+    return record
+
+
+def write_header(segment: seg.Segment, cfg: PoolConfig, record: bytes, kind_code: int, pool_id: int,
+                 creator_start: int) -> None:
+    """The fields a new pool's creator writes once, before the core and the ready flag."""
+    q = memoryview(segment.mm).cast("Q")
+    try:
+        q[L.HDR_MAGIC] = L.MAGIC
+        # Before the semaphore exists, so whoever finds the segment can name it (see unlink).
+        q[L.HDR_POOL_ID] = pool_id
+        q[L.HDR_CREATOR_PID] = os.getpid()
+        q[L.HDR_CREATOR_START] = creator_start
+        q[L.HDR_VERSION] = L.LAYOUT_VERSION
+        q[L.HDR_KIND] = kind_code
+        q[L.HDR_SLOT_SIZE] = cfg.slot_size
+        q[L.HDR_STRIDE] = L.stride_for(cfg.slot_size, cfg.alignment)
+        q[L.HDR_ALIGNMENT] = cfg.alignment
+        q[L.HDR_CAPACITY] = cfg.capacity
+        q[L.HDR_EXTENTS] = 1
+        base_w, cap_w = L.extent_table_words(0)
+        q[base_w], q[cap_w] = 0, cfg.capacity
+        q[L.HDR_CONFIG_LEN] = len(record)
+        segment.mm[L.CONFIG_OFFSET:L.CONFIG_OFFSET + len(record)] = record
     finally:
         q.release()

@@ -35,7 +35,7 @@ from . import _callables, _codec, _core, _names, _trust
 from . import _layout as L
 from . import _segment as seg
 from ._growth import Grower
-from ._header import HalfCreated, open_ready
+from ._header import HalfCreated, encode_config, open_ready, write_header
 from ._messages import PoolErrors
 from .config import PoolConfig
 from .errors import ConfigError, FastallocError, IncompatiblePool, PoolExhausted, PoolExistsError, PoolNotFound
@@ -172,9 +172,7 @@ class SharedPool:
 
     @classmethod
     def _create_new(cls, name: str, cfg: PoolConfig) -> SharedPool:
-        record = msgpack.packb(cfg.to_record(), use_bin_type=True)
-        if len(record) > L.MAX_CONFIG_BYTES:
-            raise ConfigError(f"config: {len(record)} bytes recorded, at most {L.MAX_CONFIG_BYTES} fit in the header")
+        record = encode_config(cfg)
         stride = L.stride_for(cfg.slot_size, cfg.alignment)
         size = L.main_segment_size(cfg.capacity, stride, cfg.alignment)
         segment = seg.create_segment(_names.segment(name), size, cfg.mode, f"pool {name!r}")
@@ -184,24 +182,7 @@ class SharedPool:
         pool = cls.__new__(cls)
         pool_id = secrets.randbits(64) or 1
         try:
-            q = memoryview(segment.mm).cast("Q")
-            q[L.HDR_MAGIC] = L.MAGIC
-            # Before the semaphore exists, so whoever finds the segment can name it (see unlink).
-            q[L.HDR_POOL_ID] = pool_id
-            q[L.HDR_CREATOR_PID] = os.getpid()
-            q[L.HDR_CREATOR_START] = start_ticks(os.getpid())
-            q[L.HDR_VERSION] = L.LAYOUT_VERSION
-            q[L.HDR_KIND] = cls._policy.code
-            q[L.HDR_SLOT_SIZE] = cfg.slot_size
-            q[L.HDR_STRIDE] = stride
-            q[L.HDR_ALIGNMENT] = cfg.alignment
-            q[L.HDR_CAPACITY] = cfg.capacity
-            q[L.HDR_EXTENTS] = 1
-            base_w, cap_w = L.extent_table_words(0)
-            q[base_w], q[cap_w] = 0, cfg.capacity
-            q[L.HDR_CONFIG_LEN] = len(record)
-            segment.mm[L.CONFIG_OFFSET:L.CONFIG_OFFSET + len(record)] = record
-            q.release()
+            write_header(segment, cfg, record, cls._policy.code, pool_id, start_ticks(os.getpid()))
             _core.init_mutex(segment.mm)
             sem_name = _names.semaphore(name, pool_id)
             seg.create_semaphore(sem_name, cfg.mode, initial=cfg.capacity).close()
