@@ -200,6 +200,11 @@ static PyObject *raise_code(Core *c, int code, PyObject *args_tuple)
 {
     if (!args_tuple)
         return NULL;
+    if (!c->errors) {
+        Py_DECREF(args_tuple);
+        PyErr_SetString(PyExc_RuntimeError, "this Core was never initialized");
+        return NULL;
+    }
     PyObject *code_obj = PyLong_FromLong(code);
     PyObject *full = NULL, *exc = NULL;
     if (code_obj) {
@@ -1833,6 +1838,10 @@ static int Core_init(Core *c, PyObject *args, PyObject *kw)
     int kind, creating, reclaim = 0;
     double lock_timeout;
     unsigned long long start_ticks;
+    if (c->have_view) {
+        PyErr_SetString(PyExc_RuntimeError, "a Core is initialized once");
+        return -1;
+    }
     c->live_fd = -1;
     c->entry = -1;
     if (!PyArg_ParseTupleAndKeywords(args, kw, "OsssIidIOOOOKpO|p", names, &buffer, &sem_name, &segment_path, &extent_prefix,
@@ -1908,7 +1917,10 @@ static int Core_init(Core *c, PyObject *args, PyObject *kw)
     }
     if (map_new_extents(c) < 0)
         return -1;
-    return register_client(c, start_ticks);
+    if (register_client(c, start_ticks) < 0)
+        return -1;
+    c->closed = 0;
+    return 0;
 }
 
 /* Called by the creator before the ready flag: a robust, process-shared mutex. */
@@ -2363,12 +2375,24 @@ static PyGetSetDef Core_getset[] = {
     {NULL, NULL, NULL, NULL, NULL},
 };
 
+/* A Core is closed until __init__ succeeds: no method touches a mapping it does not have. */
+static PyObject *Core_new(PyTypeObject *type, PyObject *args, PyObject *kw)
+{
+    Core *c = (Core *)PyType_GenericNew(type, args, kw);
+    if (c) {
+        c->closed = 1;
+        c->live_fd = -1;
+        c->entry = -1;
+    }
+    return (PyObject *)c;
+}
+
 static PyTypeObject CoreType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "fastalloc_shm._core.Core",
     .tp_basicsize = sizeof(Core),
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_doc = "The compiled core of one pool in this process.",
-    .tp_new = PyType_GenericNew,
+    .tp_new = Core_new,
     .tp_init = (initproc)Core_init,
     .tp_dealloc = (destructor)Core_dealloc,
     .tp_methods = Core_methods,

@@ -80,3 +80,15 @@ def test_ten_thousand_random_handles_only_raise_handle_errors(pool_name):
         assert {h: pool.get(h) for h in live} == live
         assert len(pool) == 32
         check_invariants(pool)
+
+
+def test_a_core_never_initialized_raises_instead_of_touching_memory():
+    from fastalloc_shm import _core
+
+    core = _core.Core.__new__(_core.Core)
+    for call in (lambda: core.get(1 << 32), lambda: core.allocate(1), lambda: core.release(1 << 32), lambda: core.len(),
+                 lambda: core.counters(), lambda: core.release_many([]), lambda: core.recover(True, 0.1),
+                 lambda: core.slot_states(), lambda: core.set(1 << 32, 1)):
+        with pytest.raises(RuntimeError, match="never initialized"):
+            call()
+    core.close()  # closing what never opened is fine
