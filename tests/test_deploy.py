@@ -8,10 +8,11 @@ import subprocess
 import tomllib
 from pathlib import Path
 
-import pytest
 import yaml
 
 from fastalloc_shmd import config as daemon_config
+
+from . import requirements
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 UNIT = DEPLOY / "fastalloc-shmd.service"
@@ -56,7 +57,7 @@ def test_unit_file_is_accepted_by_configparser():
     assert parser["Service"]["Type"] == "notify"
 
 
-@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
+@requirements.needs_tool("systemd-analyze")
 def test_unit_file_passes_systemd_analyze_verify(tmp_path):
     # verify checks that ExecStart's binary exists: point it at one that does on this machine.
     text = UNIT.read_text().replace("/usr/local/bin/fastalloc-shmd", shutil.which("true"))

@@ -35,6 +35,7 @@ from fastalloc_shm import (
     unlink,
 )
 
+from . import requirements
 from .invariants import assert_sound
 from .lock_child import OTHER_ERROR, RELEASED, race_releases
 from .workers import self_checking
@@ -42,7 +43,7 @@ from .workers import self_checking
 ROOT = Path(__file__).resolve().parent.parent
 SHORT_TIMEOUT = 0.3
 KINDS = ("fixed", "growing", "threadlocal", "threadsafe")
-needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="unshare --pid needs root")
+needs_root = requirements.needs_root("for unshare --pid")
 
 
 def make_pool(kind: str, name: str, capacity: int = 64, lock_timeout: float = SHORT_TIMEOUT):

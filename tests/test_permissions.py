@@ -2,14 +2,14 @@
 
 import os
 
-import pytest
-
 from fastalloc_shm import FastallocError, FixedPool, attach
+
+from . import requirements
 
 NOBODY = 65534
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run the attacher as another uid (os.setuid)")
+@requirements.needs_root("to run the attacher as another uid (os.setuid)")
 def test_another_uid_cannot_attach_a_0600_pool(pool_name):
     with FixedPool.create(pool_name, capacity=4):
         pid = os.fork()

@@ -30,11 +30,11 @@ from fastalloc_shm.client import DaemonClient, DaemonError, DaemonUnavailable
 from fastalloc_shm.errors import ConfigError
 from fastalloc_shmd import config as daemon_config
 
-from . import test_daemon
+from . import requirements, test_daemon
 from .test_daemon import pools_toml, wait_for
 
 NOBODY = 65534
-needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a peer as uid 65534 (os.setuid)")
+needs_root = requirements.needs_root("to run a peer as uid 65534 (os.setuid)")
 
 
 # test_daemon's fixture, registered here under this name.

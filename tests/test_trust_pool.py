@@ -32,8 +32,10 @@ from fastalloc_shm import (
     unlink,
 )
 
+from . import requirements
+
 NOBODY = 65534
-needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run the attacker as uid 65534 (os.setuid)")
+needs_root = requirements.needs_root("to run the attacker as uid 65534 (os.setuid)")
 
 EVIL_MODULE = """
 import os
