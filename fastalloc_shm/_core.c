@@ -231,6 +231,9 @@ static PyObject *raise_code(Core *c, int code, PyObject *args_tuple)
     return NULL;
 }
 #define RAISE(c, code, ...) raise_code((c), (code), Py_BuildValue("(" __VA_ARGS__))
+/* Every operation of a closed pool raises FastallocError saying so. */
+#define RETURN_IF_CLOSED(c) \
+    do { if ((c)->closed) return RAISE((c), E_CLOSED, ")"); } while (0)
 static PyObject *raise_damaged(Core *c, const char *what)
 {
     return raise_code(c, E_DAMAGED, Py_BuildValue("(s)", what));
@@ -667,8 +670,6 @@ static inline int64_t pop_slot(Core *c, Extent *e, uint32_t state)
         FAULT(F_ALLOC_MARKED);
         m[META_SEQ] = 0;
         w[EXT_HEAD] = next;
-        if (w[EXT_FREE])
-            w[EXT_FREE]--;
         return local;
     }
     if (fresh < e->cap) {
@@ -690,7 +691,6 @@ static inline void push_slot(Extent *e, uint32_t local)
     uint32_t *m = meta_of(e, local);
     m[META_SEQ] = w[EXT_HEAD];
     w[EXT_HEAD] = local + 1;
-    w[EXT_FREE]++;
 }
 
 static int free_hint(Core *c)
@@ -1072,8 +1072,7 @@ static int refill(Core *c);
 
 static PyObject *Core_allocate(Core *c, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
-    if (c->closed)
-        return RAISE(c, E_CLOSED, ")");
+    RETURN_IF_CLOSED(c);
     PyObject *value = NULL, *timeout_obj = NULL;
     Py_ssize_t nk = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
     if (nargs < 1 || nargs > 2) {
@@ -1159,8 +1158,7 @@ static PyObject *Core_release(Core *c, PyObject *h)
 /* ---- set ---- */
 static PyObject *Core_set(Core *c, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (c->closed)
-        return RAISE(c, E_CLOSED, ")");
+    RETURN_IF_CLOSED(c);
     if (nargs != 2) {
         PyErr_SetString(PyExc_TypeError, "set(handle, value)");
         return NULL;
@@ -1260,6 +1258,12 @@ static Py_ssize_t take_many(Core *c, Py_ssize_t count, Py_ssize_t minimum, uint3
         }
         unwind_locked(c, t, n);
         core_unlock(c);
+        if (state == WRITING && c->mag_len) {
+            /* Not a refill: this process's own magazine may hold what the free lists lack. */
+            if (drain(c, c->mag_len) < 0)
+                return -1;
+            continue;
+        }
         int grew = ask_growth(c, count - n);
         if (grew < 0)
             return -1;
@@ -1270,8 +1274,7 @@ static Py_ssize_t take_many(Core *c, Py_ssize_t count, Py_ssize_t minimum, uint3
 
 static PyObject *Core_allocate_many(Core *c, PyObject *values)
 {
-    if (c->closed)
-        return RAISE(c, E_CLOSED, ")");
+    RETURN_IF_CLOSED(c);
     PyObject *seq = PySequence_Fast(values, "allocate_many() takes an iterable of values");
     if (!seq)
         return NULL;
@@ -1289,12 +1292,6 @@ static PyObject *Core_allocate_many(Core *c, PyObject *values)
         if (pack_checked(c, items[npacked], &packed[npacked]) < 0)
             goto done;
     Py_ssize_t got = n ? take_many(c, n, n, WRITING, taken) : 0;
-    if (got == -2 && c->mag_len) {
-        /* This process's own magazine may hold what the free lists lack. */
-        if (drain(c, c->mag_len) < 0)
-            goto done;
-        got = take_many(c, n, n, WRITING, taken);
-    }
     if (got == -2)
         exhausted(c, n);
     if (got < 0)
@@ -1342,8 +1339,7 @@ static int cmp_index(const void *a, const void *b)
 
 static PyObject *Core_release_many(Core *c, PyObject *handles)
 {
-    if (c->closed)
-        return RAISE(c, E_CLOSED, ")");
+    RETURN_IF_CLOSED(c);
     PyObject *seq = PySequence_Fast(handles, "release_many() takes an iterable of handles");
     if (!seq)
         return NULL;
@@ -1654,7 +1650,6 @@ static int rebuild_locked(Core *c, int reclaim, PyObject *tally)
         if (fresh < e->cap)
             *(uint64_t *)meta_of(e, fresh) = 0;
         w[EXT_HEAD] = 0;
-        w[EXT_FREE] = 0;
         for (uint32_t i = fresh; i-- > 0;) {
             uint32_t *m = meta_of(e, i);
             uint64_t cur = LOAD_ACQ((uint64_t *)m), want;
@@ -1670,17 +1665,16 @@ static int rebuild_locked(Core *c, int reclaim, PyObject *tally)
             for (int t = 0; t < T_COUNT; t++)
                 counts[t] += found[t];
             if (verdict == SLOT_FREE) {
-                if (m[META_SEQ] & 1)
-                    m[META_SEQ]++;
-                push_slot(e, i);
-            } else if (verdict == SLOT_TORN_NOW && (m[META_SEQ] & 1)) {
-                m[META_SEQ]++;
+                push_slot(e, i); /* its sequence word becomes the link */
+                free_total++;
+            } else if (verdict == SLOT_TORN_NOW) {
+                m[META_SEQ]++; /* even again: a reader sees the torn mark, not a write in progress */
             }
             if (i == fresh / 2)
                 FAULT(F_RECOVER_REBUILDING);
         }
         w[EXT_FRESH] = fresh;
-        free_total += w[EXT_FREE] + (e->cap - fresh);
+        free_total += e->cap - fresh;
     }
     c->hdr[HDR_FREE_HINT] = 0;
     c->hdr[HDR_IN_USE] = (uint64_t)counts[T_IN_USE] - live_delta;
@@ -1717,8 +1711,7 @@ static PyObject *Core_recover(Core *c, PyObject *args)
     double wait;
     if (!PyArg_ParseTuple(args, "pd", &reclaim, &wait))
         return NULL;
-    if (c->closed)
-        return RAISE(c, E_CLOSED, ")");
+    RETURN_IF_CLOSED(c);
     PyObject *dead = PyList_New(0);
     if (!dead)
         return NULL;
@@ -2032,8 +2025,7 @@ static PyObject *Core_commit_extent(Core *c, PyObject *args)
     unsigned int cap;
     if (!PyArg_ParseTuple(args, "iI", &number, &cap))
         return NULL;
-    if (c->closed)
-        return RAISE(c, E_CLOSED, ")");
+    RETURN_IF_CLOSED(c);
     if (core_lock(c) < 0)
         return NULL;
     if (c->hdr[HDR_EXTENTS] != (uint64_t)number || number < 1 || number >= MAX_EXTENTS) {
@@ -2062,8 +2054,7 @@ static PyObject *Core_commit_extent(Core *c, PyObject *args)
 /* Fill every slot of extent 0 with one packed value and make them all free (creator, before ready). */
 static PyObject *Core_pre_initialize(Core *c, PyObject *value)
 {
-    if (c->closed)
-        return RAISE(c, E_CLOSED, ")");
+    RETURN_IF_CLOSED(c);
     Packed p;
     if (pack_checked(c, value, &p) < 0)
         return NULL;
@@ -2079,7 +2070,6 @@ static PyObject *Core_pre_initialize(Core *c, PyObject *value)
     }
     uint32_t *w = ext_words(e);
     w[EXT_HEAD] = e->cap ? 1 : 0;
-    w[EXT_FREE] = e->cap;
     w[EXT_FRESH] = e->cap;
     packed_done(&p);
     Py_RETURN_NONE;
@@ -2088,8 +2078,7 @@ static PyObject *Core_pre_initialize(Core *c, PyObject *value)
 /* take_slot() -> (pool-wide index, previous packed bytes or None): a slot being written, for acquire(). */
 static PyObject *Core_take_slot(Core *c, PyObject *unused)
 {
-    if (c->closed)
-        return RAISE(c, E_CLOSED, ")");
+    RETURN_IF_CLOSED(c);
     Extent *e;
     uint32_t local;
     if (take_for_allocate(c, -1, &e, &local, WRITING) < 0)
@@ -2119,8 +2108,7 @@ static Extent *taken_slot(Core *c, PyObject *index_obj, uint32_t *local)
 /* publish_slot(index, value) -> handle: finish acquire(). */
 static PyObject *Core_publish_slot(Core *c, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (c->closed)
-        return RAISE(c, E_CLOSED, ")");
+    RETURN_IF_CLOSED(c);
     if (nargs != 2) {
         PyErr_SetString(PyExc_TypeError, "publish_slot(index, value)");
         return NULL;
@@ -2140,8 +2128,7 @@ static PyObject *Core_publish_slot(Core *c, PyObject *const *args, Py_ssize_t na
 /* unwind_slot(index): give back a slot acquire() took but could not fill. */
 static PyObject *Core_unwind_slot(Core *c, PyObject *index_obj)
 {
-    if (c->closed)
-        return RAISE(c, E_CLOSED, ")");
+    RETURN_IF_CLOSED(c);
     uint32_t local;
     Extent *e = taken_slot(c, index_obj, &local);
     if (!e)
@@ -2160,8 +2147,7 @@ static PyObject *Core_unwind_slot(Core *c, PyObject *index_obj)
 /* counters() -> dict of the statistics, this process's and every live entry's lock-free counts included. */
 static PyObject *Core_counters(Core *c, PyObject *unused)
 {
-    if (c->closed)
-        return RAISE(c, E_CLOSED, ")");
+    RETURN_IF_CLOSED(c);
     if (map_new_extents(c) < 0)
         PyErr_Clear();
     uint64_t *h = c->hdr;
@@ -2193,8 +2179,7 @@ static PyObject *Core_counters(Core *c, PyObject *unused)
 
 static PyObject *Core_len(Core *c, PyObject *unused)
 {
-    if (c->closed)
-        return RAISE(c, E_CLOSED, ")");
+    RETURN_IF_CLOSED(c);
     uint64_t sum = LOAD(&c->hdr[HDR_IN_USE]);
     for (int i = 0; i < MAX_CLIENTS; i++) {
         uint64_t *cw = client_words(c, i);
@@ -2207,8 +2192,7 @@ static PyObject *Core_len(Core *c, PyObject *unused)
 /* reset_statistics(): every event counter to zero, as the crate's collector; usage stays true, peak restarts at it. */
 static PyObject *Core_reset_statistics(Core *c, PyObject *unused)
 {
-    if (c->closed)
-        return RAISE(c, E_CLOSED, ")");
+    RETURN_IF_CLOSED(c);
     if (core_lock(c) < 0)
         return NULL;
     uint64_t *h = c->hdr;
@@ -2233,8 +2217,7 @@ static PyObject *Core_reset_statistics(Core *c, PyObject *unused)
 /* clients() -> [(entry, pid, start_ticks, alive)] of every entry with a pid. */
 static PyObject *Core_clients(Core *c, PyObject *unused)
 {
-    if (c->closed)
-        return RAISE(c, E_CLOSED, ")");
+    RETURN_IF_CLOSED(c);
     PyObject *out = PyList_New(0);
     if (!out)
         return NULL;
@@ -2272,8 +2255,7 @@ static PyObject *Core_slot_range(Core *c, PyObject *h)
 /* slot_states() -> list per extent of (fresh, head, [(gen, state, owner entry, len, seq)]): for tests and `fastalloc-shm stats`. */
 static PyObject *Core_slot_states(Core *c, PyObject *unused)
 {
-    if (c->closed)
-        return RAISE(c, E_CLOSED, ")");
+    RETURN_IF_CLOSED(c);
     if (map_new_extents(c) < 0)
         return NULL;
     PyObject *out = PyList_New(0);
@@ -2432,7 +2414,6 @@ static PyObject *py_init_extent(PyObject *mod, PyObject *args)
     w[EXT_CAPACITY] = cap;
     w[EXT_HEAD] = 0;
     w[EXT_FRESH] = 0;
-    w[EXT_FREE] = 0;
     w[EXT_MAGIC] = EXTENT_MAGIC;
     PyBuffer_Release(&v);
     Py_RETURN_NONE;

@@ -38,6 +38,9 @@ class Grower:
         if pool is None or pool._closed:
             return False
         seen = pool._core.extents
+        cfg = pool.config
+        if cfg.max_capacity is not None and pool._q[L.HDR_CAPACITY] >= cfg.max_capacity and pool._q[L.HDR_EXTENTS] == seen:
+            return False  # full at max_capacity: every refused allocate asks, so answer without touching the file
         fd = os.open(seg.segment_path(pool._segment.posix_name), os.O_RDONLY | os.O_CLOEXEC)
         try:
             _flock(fd, pool.config.lock_timeout, pool.name)

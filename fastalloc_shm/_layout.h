@@ -15,7 +15,7 @@
  *
  * Extent:
  *   [0, 64)         u32 words: capacity, free-list head (local index + 1, 0 = empty),
- *                   fresh mark, magic, free-list length
+ *                   fresh mark, magic
  *   [64, ...)       slot metadata: capacity x 4 u32 (META_*)
  *   [data, ...)     slots: capacity x stride bytes, data aligned to max(alignment, 64)
  * Slots at local index >= fresh were never handed out: untouched pages, free.
@@ -47,7 +47,7 @@
     X(CLIENT_PID, 0) X(CLIENT_INCARNATION, 1) X(CLIENT_START, 1) \
     X(CLIENT_ALLOCATIONS, 2) X(CLIENT_DEALLOCATIONS, 3) \
     X(HEADER_SIZE, 24576) \
-    X(EXT_CAPACITY, 0) X(EXT_HEAD, 1) X(EXT_FRESH, 2) X(EXT_MAGIC, 3) X(EXT_FREE, 4) \
+    X(EXT_CAPACITY, 0) X(EXT_HEAD, 1) X(EXT_FRESH, 2) X(EXT_MAGIC, 3) \
     X(EXT_HEADER_BYTES, 64) X(EXTENT_MAGIC, 0x46415854) \
     X(META_WORDS, 4) X(META_BYTES, 16) \
     X(META_GEN, 0) X(META_WORD, 1) X(META_LEN, 2) X(META_SEQ, 3) \

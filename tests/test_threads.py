@@ -5,6 +5,8 @@ meanwhile: magazines, batches and close() must all stay sound across such waits
 (`make test-asan` runs this file, so an overflow of a process's magazine fails there)."""
 
 import multiprocessing as mp
+import os
+import signal
 import threading
 import time
 
@@ -13,6 +15,7 @@ import pytest
 from fastalloc_shm import FastallocError, FixedPool, PoolExhausted, ThreadLocalPool, ThreadSafePool
 
 from .invariants import check_invariants
+from .test_crash import Child
 
 FORK = mp.get_context("fork")
 
@@ -83,31 +86,46 @@ def test_close_refuses_while_another_thread_waits_inside_the_pool(pool_name):
 
 def test_an_enormous_lock_timeout_waits_like_any_other(tmp_path, pool_name):
     """lock_timeout=1e300 is finite, so it is accepted; its deadline must still be a time the kernel takes."""
-    import os
-    import signal
-    import subprocess
-    import sys
-    from pathlib import Path
-
     with FixedPool.create(pool_name, capacity=4, lock_timeout=1e300) as pool:
-        marker = tmp_path / "fault"
-        env = dict(os.environ, FASTALLOC_FAULT="alloc.popped:stop", FASTALLOC_FAULT_FILE=str(marker))
-        child = subprocess.Popen([sys.executable, "-m", "tests.crash_child", pool_name, "allocate"],
-                                 cwd=Path(__file__).resolve().parent.parent, env=env, stdout=subprocess.PIPE, text=True)
+        child = Child(tmp_path, pool_name, "allocate", "alloc.popped", action="stop")  # holds the lock, stopped
         try:
-            deadline = time.monotonic() + 30
-            while not (marker.exists() and "alloc.popped" in marker.read_text()):
-                assert child.poll() is None and time.monotonic() < deadline, "the child never stopped holding the lock"
-                time.sleep(0.01)
             got = []
             waiter = threading.Thread(target=lambda: got.append(pool.allocate("after the holder")))
             waiter.start()
             time.sleep(0.2)
             assert waiter.is_alive(), "the waiter should still be waiting for the stopped holder"
-            os.kill(child.pid, signal.SIGCONT)
+            os.kill(child.proc.pid, signal.SIGCONT)
             waiter.join(30)
             assert got and pool.get(got[0]) == "after the holder"
         finally:
-            os.kill(child.pid, signal.SIGCONT)
-            child.communicate(timeout=30)
-        assert child.returncode == 0
+            os.kill(child.proc.pid, signal.SIGCONT)
+            child.proc.communicate(timeout=30)
+        assert child.proc.returncode == 0
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def test_a_signal_handler_runs_while_a_call_waits_for_the_lock(tmp_path, pool_name):
+    """Waits are sliced, with signals checked between slices: a handler's exception arrives while the
+    holder is still stopped, long before lock_timeout, and the pool is whole afterwards."""
+    def interrupt(signum, frame):
+        raise _Interrupted
+
+    with FixedPool.create(pool_name, capacity=4, lock_timeout=30) as pool:
+        child = Child(tmp_path, pool_name, "allocate", "alloc.popped", action="stop")
+        previous = signal.signal(signal.SIGALRM, interrupt)
+        try:
+            signal.setitimer(signal.ITIMER_REAL, 0.2)
+            started = time.monotonic()
+            with pytest.raises(_Interrupted):
+                pool.allocate("waits for a stopped holder")
+            assert time.monotonic() - started < 10, "the handler ran only when the wait was over"
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+            os.kill(child.proc.pid, signal.SIGCONT)
+            child.proc.communicate(timeout=30)
+        h = pool.allocate("after")
+        assert pool.get(h) == "after" and len(pool) == 2  # the child's allocation and this one
