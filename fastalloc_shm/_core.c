@@ -68,13 +68,17 @@ enum {
     E_UNTRUSTED,       /* (extent number, path, owner uid) */
 };
 
-/* ---- fault injection (tests only): FASTALLOC_FAULT=<point>:<action>[:<n>], read once ---- */
+/* ---- fault injection (tests only): FASTALLOC_FAULT=<point>:<action>[:<n>], read once ----
+ * The n-th arrival at <point> appends "<pid> <point> <n>" to $FASTALLOC_FAULT_FILE
+ * (flushed: a watcher always knows where the process stopped), then acts:
+ * kill (SIGKILL), stop (SIGSTOP) or pause (sleep until killed). */
 #define FAULT_POINTS(X) \
     X(F_LOCK_ACQUIRED, "lock.acquired") X(F_LOCK_RELEASED, "lock.released") \
     X(F_ALLOC_TOKEN, "alloc.token") X(F_ALLOC_MARKED, "alloc.marked") X(F_ALLOC_POPPED, "alloc.popped") \
     X(F_ALLOC_WRITING, "alloc.writing") X(F_RELEASE_FREED, "release.freed") X(F_RELEASE_PUSHED, "release.pushed") \
-    X(F_SET_WRITING, "set.writing") X(F_BATCH_TAKING, "batch.taking") X(F_BATCH_RELEASING, "batch.releasing") \
-    X(F_MAGAZINE_RELEASE, "magazine.release") X(F_RECOVER_REBUILDING, "recover.rebuilding")
+    X(F_SET_CLAIMED, "set.claimed") X(F_SET_WRITING, "set.writing") X(F_BATCH_TAKING, "batch.taking") \
+    X(F_BATCH_RELEASING, "batch.releasing") X(F_MAGAZINE_RELEASE, "magazine.release") \
+    X(F_GROW_CREATED, "grow.created") X(F_RECOVER_REBUILDING, "recover.rebuilding")
 #define X_ENUM(id, text) id,
 enum { F_NONE = 0, FAULT_POINTS(X_ENUM) F_COUNT };
 #undef X_ENUM
@@ -84,22 +88,23 @@ static const char *fault_names[F_COUNT] = {FAULT_POINTS(X_NAME)};
 
 static int fault_point = F_NONE;
 static char fault_action = 0; /* 'k' kill, 'p' pause, 's' stop */
-static long fault_remaining = 0;
+static long fault_nth = 1, fault_remaining = 0;
 
 static void fault_fire(int point)
 {
-    if (fault_action == 'k')
-        kill(getpid(), SIGKILL);
     const char *marker = getenv("FASTALLOC_FAULT_FILE");
     if (marker) {
         int fd = open(marker, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
         if (fd >= 0) {
             char line[128];
-            int n = snprintf(line, sizeof line, "%d %s\n", (int)getpid(), fault_names[point]);
-            if (n > 0 && write(fd, line, (size_t)n) < 0) { /* the test will time out and say so */ }
+            int n = snprintf(line, sizeof line, "%d %s %ld\n", (int)getpid(), fault_names[point], fault_nth);
+            if (n > 0 && write(fd, line, (size_t)n) < 0) { /* the test finds no marker and says so */ }
+            fsync(fd);
             close(fd);
         }
     }
+    if (fault_action == 'k')
+        kill(getpid(), SIGKILL);
     if (fault_action == 's')
         kill(getpid(), SIGSTOP);
     else
@@ -110,22 +115,37 @@ static void fault_fire(int point)
 #define FAULT(point) \
     do { if (fault_point == (point) && --fault_remaining == 0) fault_fire(point); } while (0)
 
-static void fault_parse(void)
+/* 0, or -1 with ValueError set: a spec naming no point or action is a mistake to say at once. */
+static int fault_parse(void)
 {
     const char *spec = getenv("FASTALLOC_FAULT");
     if (!spec || !*spec)
-        return;
+        return 0;
     const char *colon = strchr(spec, ':');
-    if (!colon)
-        return;
+    size_t len = colon ? (size_t)(colon - spec) : strlen(spec);
     for (int p = 1; p < F_COUNT; p++)
-        if ((size_t)(colon - spec) == strlen(fault_names[p]) && !strncmp(spec, fault_names[p], (size_t)(colon - spec)))
+        if (len == strlen(fault_names[p]) && !strncmp(spec, fault_names[p], len))
             fault_point = p;
-    fault_action = colon[1];
-    const char *nth = strchr(colon + 1, ':');
-    fault_remaining = nth ? strtol(nth + 1, NULL, 10) : 1;
-    if (fault_remaining < 1)
-        fault_remaining = 1;
+    const char *action = colon ? colon + 1 : "";
+    const char *nth = strchr(action, ':');
+    size_t alen = nth ? (size_t)(nth - action) : strlen(action);
+    if (alen == 4 && !strncmp(action, "kill", 4))
+        fault_action = 'k';
+    else if (alen == 4 && !strncmp(action, "stop", 4))
+        fault_action = 's';
+    else if (alen == 5 && !strncmp(action, "pause", 5))
+        fault_action = 'p';
+    char *end = NULL;
+    fault_nth = nth ? strtol(nth + 1, &end, 10) : 1;
+    if (fault_point == F_NONE || !fault_action || fault_nth < 1 || (nth && (end == nth + 1 || *end))) {
+        fault_point = F_NONE;
+        PyErr_Format(PyExc_ValueError,
+                     "FASTALLOC_FAULT=%s: expected <point>:<kill|stop|pause>[:<n>], <point> one of fastalloc_shm._core.FAULT_POINTS",
+                     spec);
+        return -1;
+    }
+    fault_remaining = fault_nth;
+    return 0;
 }
 
 /* ---- atomics ---- */
@@ -1194,6 +1214,7 @@ static PyObject *Core_set(Core *c, PyObject *const *args, Py_ssize_t nargs)
                                         __ATOMIC_ACQUIRE))
             break;
     }
+    FAULT(F_SET_CLAIMED);
     uint32_t seq = m[META_SEQ] | 1;
     STORE(&m[META_SEQ], seq);
     __atomic_thread_fence(__ATOMIC_RELEASE);
@@ -2446,6 +2467,20 @@ static PyObject *py_byte_locked(PyObject *mod, PyObject *args)
 
 static PyObject *py_fault_active(PyObject *mod, PyObject *unused) { return PyBool_FromLong(fault_point != F_NONE); }
 
+/* fault(name): a fault point reached by Python code (grow.created): acts as a core point does. */
+static PyObject *py_fault(PyObject *mod, PyObject *name)
+{
+    const char *text = PyUnicode_AsUTF8(name);
+    if (!text)
+        return NULL;
+    for (int p = 1; p < F_COUNT; p++)
+        if (!strcmp(text, fault_names[p])) {
+            FAULT(p);
+            Py_RETURN_NONE;
+        }
+    return PyErr_Format(PyExc_ValueError, "%R is not a fault point", name);
+}
+
 static PyMethodDef module_methods[] = {
     {"init_mutex", (PyCFunction)init_mutex, METH_O, "Initialize the robust mutex in a new header."},
     {"extent_size", py_extent_size, METH_VARARGS, "Bytes of an extent."},
@@ -2454,6 +2489,7 @@ static PyMethodDef module_methods[] = {
     {"lock_byte", py_lock_byte, METH_VARARGS, "OFD-lock one byte of a file."},
     {"byte_locked", py_byte_locked, METH_VARARGS, "Is a byte OFD-locked by another file description?"},
     {"fault_active", py_fault_active, METH_NOARGS, "True when FASTALLOC_FAULT names a core point."},
+    {"fault", py_fault, METH_O, "Reach a fault point from Python code."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -2461,7 +2497,8 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_core", "The compile
 
 PyMODINIT_FUNC PyInit__core(void)
 {
-    fault_parse();
+    if (fault_parse() < 0)
+        return NULL;
     if (PyType_Ready(&CoreType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&module);
@@ -2499,8 +2536,14 @@ PyMODINIT_FUNC PyInit__core(void)
     PyObject *points = PyTuple_New(F_COUNT - 1);
     if (!points)
         goto fail;
-    for (int p = 1; p < F_COUNT; p++)
-        PyTuple_SET_ITEM(points, p - 1, PyUnicode_FromString(fault_names[p]));
+    for (int p = 1; p < F_COUNT; p++) {
+        PyObject *text = PyUnicode_FromString(fault_names[p]);
+        if (!text) {
+            Py_DECREF(points);
+            goto fail;
+        }
+        PyTuple_SET_ITEM(points, p - 1, text);
+    }
     if (PyModule_AddObject(m, "FAULT_POINTS", points) < 0) {
         Py_DECREF(points);
         goto fail;
