@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: run test test-asan bench lint clean
 
-$(STAMP): pyproject.toml setup.py fastalloc_shm/_core.c fastalloc_shm/_layout.h
+$(STAMP): pyproject.toml setup.py $(wildcard fastalloc_shm/_core/*)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test,redis,daemon,bench]'

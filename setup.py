@@ -4,6 +4,7 @@ FASTALLOC_SANITIZE=1 builds it with AddressSanitizer and UBSan (make test-asan).
 """
 
 import os
+from glob import glob
 
 from setuptools import Extension, setup
 
@@ -18,8 +19,9 @@ setup(
     ext_modules=[
         Extension(
             "fastalloc_shm._core",
-            sources=["fastalloc_shm/_core.c"],
-            depends=["fastalloc_shm/_layout.h"],
+            # One translation unit that includes every unit of fastalloc_shm/_core/ (see unity.c).
+            sources=["fastalloc_shm/_core/unity.c"],
+            depends=sorted(glob("fastalloc_shm/_core/*")),
             extra_compile_args=extra_compile,
             extra_link_args=extra_link,
             libraries=["rt"],

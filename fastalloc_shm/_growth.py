@@ -83,7 +83,7 @@ def _add_extent(pool: SharedPool) -> bool:
     segment = seg.create_segment(posix_name, L.extent_size(amount, stride, cfg.alignment), cfg.mode,
                                  f"pool {pool.name!r} growth")
     try:
-        _core.init_extent(segment.mm, amount)
+        _core.init_extent(segment.mm, amount, q[L.HDR_POOL_ID])
         if cfg.huge_pages:
             pool._advise_huge_pages(segment.mm)
         if _fault.ACTIVE:

@@ -118,7 +118,6 @@ class SharedPool:
     _name = ""
     _sem_name = ""
     _trusted: frozenset[int] = frozenset()
-    _extent_maps: dict[int, seg.Segment] = {}
 
     # -- construction -------------------------------------------------------
 
@@ -255,7 +254,6 @@ class SharedPool:
         self._segment = segment
         self._config = cfg
         self._trusted = trusted
-        self._extent_maps = {}
         self._q = memoryview(segment.mm).cast("Q")
         grows = self._policy.may_grow and cfg.growth_strategy.kind != "none"
         self._core = _core.Core(
@@ -503,40 +501,24 @@ class SharedPool:
     def buffer(self, handle: int) -> memoryview:
         """A writable memoryview of the slot's raw bytes (zero copy; slot_size long).
 
-        Writes through it bypass msgpack and the torn-read protection; release()
-        the view before close()."""
+        Writes through it bypass msgpack and the torn-read protection. While it is
+        exported, release(handle) and close() raise BufferError (as mmap does):
+        call its release() (or leave a with-block) first."""
         self._check_open()
-        number, offset = self._core.slot_range(handle)
-        if number == 0:
-            mm = self._segment.mm
-        else:
-            mapped = self._extent_maps.get(number)
-            if mapped is None:
-                mapped = self._extent_maps[number] = seg.open_segment(
-                    _names.extent(self._name, number), f"pool {self._name!r} extent {number}", self._trusted)
-            mm = mapped.mm
-        return memoryview(mm)[offset:offset + self.slot_size]
+        return self._core.buffer(handle)
 
     def close(self) -> None:
         """Unmap the pool in this process (the pool stays for others)."""
         if not self._closed:
-            self._core.close()  # refuses while another thread waits inside it
+            self._core.close()  # waits for other threads' operations; BufferError while a view is exported
             self._closed = True
         _open_pools.discard(self)
         if self._q is not None:
             self._q.release()
             self._q = None
-        try:
-            for mapped in self._extent_maps.values():
-                mapped.close()
-            self._extent_maps = {}
-            if self._segment is not None:
-                self._segment.close()
-                self._segment = None
-        except BufferError as exc:
-            raise FastallocError(
-                f"pool {self._name!r}: release the memoryviews from buffer() before close() ({exc})"
-            ) from None
+        if self._segment is not None:
+            self._segment.close()
+            self._segment = None
 
     def unlink(self) -> None:
         """Remove the pool's segments and semaphore from the system (close first)."""

@@ -1,4 +1,4 @@
-"""Build fastalloc_shm/_core.c by hand (for `make test-asan`); `pip install .` builds the normal one via setup.py.
+"""Build the core (fastalloc_shm/_core/) by hand (for `make test-asan`); `pip install .` builds the normal one via setup.py.
 
     python tools/build_core.py --sanitize --out build/asan/fastalloc_shm
 """
@@ -25,7 +25,7 @@ def main() -> int:
     target = args.out / f"_core{sysconfig.get_config_var('EXT_SUFFIX')}"
     command = ["cc", "-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Wno-missing-field-initializers",
                "-fPIC", "-shared", f"-I{sysconfig.get_paths()['include']}", *(SANITIZE if args.sanitize else ["-O2"]),
-               str(ROOT / "fastalloc_shm" / "_core.c"), "-o", str(target), "-pthread", "-lrt"]
+               str(ROOT / "fastalloc_shm" / "_core" / "unity.c"), "-o", str(target), "-pthread", "-lrt"]
     print("building:", shlex.join(command), flush=True)
     return subprocess.call(command)
 

@@ -1,0 +1,177 @@
+/* codec.c: values into slots and back (the msgpack glue).
+ *
+ * bytes and str, the common values, are packed and unpacked here without an
+ * intermediate object: a msgpack header plus the object's own buffer. Any
+ * other value goes through the pool's packer (Python: msgpack with the
+ * pool's options), so the bytes in a slot are always one msgpack object.
+ *
+ * Packing runs Python code (the packer, a value's hooks), so it happens
+ * before an operation touches a slot (core.h, discipline b), and a Packed
+ * points only into objects the operation holds a reference to. A value is
+ * written into a slot its writer owns (being-written), and published by one
+ * release store of (generation, ALLOCATED|owner) after its bytes, length and
+ * sequence: a reader that sees it published sees the whole value. The handle
+ * is made before anything is published, so running out of memory then
+ * leaves the slot with its taker, to give back, not handed out to nobody.
+ */
+
+typedef struct {
+    uint8_t head[5];
+    size_t head_len;
+    const char *body;
+    size_t body_len;
+    PyObject *owned; /* packed by the Python packer, or NULL */
+} Packed;
+
+static size_t packed_size(const Packed *p) { return p->head_len + p->body_len; }
+
+static void put_length(Packed *p, uint8_t tag8, uint8_t tag16, uint8_t tag32, size_t n)
+{
+    if (n < 256 && tag8) {
+        p->head[0] = tag8;
+        p->head[1] = (uint8_t)n;
+        p->head_len = 2;
+    } else if (n < 65536) {
+        p->head[0] = tag16;
+        p->head[1] = (uint8_t)(n >> 8);
+        p->head[2] = (uint8_t)n;
+        p->head_len = 3;
+    } else {
+        p->head[0] = tag32;
+        p->head[1] = (uint8_t)(n >> 24);
+        p->head[2] = (uint8_t)(n >> 16);
+        p->head[3] = (uint8_t)(n >> 8);
+        p->head[4] = (uint8_t)n;
+        p->head_len = 5;
+    }
+}
+
+static int pack_value(Core *c, PyObject *v, Packed *p)
+{
+    p->owned = NULL;
+    p->head_len = 0;
+    if (PyBytes_CheckExact(v)) {
+        Py_ssize_t n = PyBytes_GET_SIZE(v);
+        if ((size_t)n <= 0xFFFFFFFFu) {
+            put_length(p, 0xc4, 0xc5, 0xc6, (size_t)n);
+            p->body = PyBytes_AS_STRING(v);
+            p->body_len = (size_t)n;
+            return 0;
+        }
+    } else if (PyUnicode_CheckExact(v)) {
+        Py_ssize_t n;
+        const char *s = PyUnicode_AsUTF8AndSize(v, &n);
+        if (s && (size_t)n <= 0xFFFFFFFFu) {
+            if (n < 32) {
+                p->head[0] = (uint8_t)(0xa0 | n);
+                p->head_len = 1;
+            } else {
+                put_length(p, 0xd9, 0xda, 0xdb, (size_t)n);
+            }
+            p->body = s;
+            p->body_len = (size_t)n;
+            return 0;
+        }
+        PyErr_Clear(); /* lone surrogates: let the packer say what is wrong */
+    }
+    PyObject *pack = Py_NewRef(c->pack);
+    PyObject *b = PyObject_CallOneArg(pack, v);
+    Py_DECREF(pack);
+    if (!b) {
+        PyObject *exc = fetch_exception();
+        if (exc)
+            RAISE(c, E_PACK, "ON)", v, exc);
+        return -1;
+    }
+    if (!PyBytes_Check(b)) {
+        Py_DECREF(b);
+        PyErr_SetString(PyExc_TypeError, "pack() must return bytes");
+        return -1;
+    }
+    p->owned = b;
+    p->body = PyBytes_AS_STRING(b);
+    p->body_len = (size_t)PyBytes_GET_SIZE(b);
+    return 0;
+}
+
+static void packed_done(Packed *p) { Py_CLEAR(p->owned); }
+
+static int pack_checked(Core *c, PyObject *v, Packed *p)
+{
+    if (pack_value(c, v, p) < 0)
+        return -1;
+    size_t n = packed_size(p);
+    if (n > c->geo.slot_size) {
+        packed_done(p);
+        RAISE(c, E_TOO_LARGE, "n)", (Py_ssize_t)n);
+        return -1;
+    }
+    return 0;
+}
+
+static void copy_packed(uint8_t *dst, const Packed *p)
+{
+    memcpy(dst, p->head, p->head_len);
+    memcpy(dst + p->head_len, p->body, p->body_len);
+}
+
+/* The handle a slot this process is writing will have: made before publishing. */
+static PyObject *handle_of_taken(const Extent *e, uint32_t local)
+{
+    return make_handle(LOAD(&meta_of(e, local)[META_GEN]) & GENERATION_MASK, e->first + local);
+}
+
+/* Write a value into a slot this process took, and publish it. */
+static void write_and_publish(Core *c, const Extent *e, uint32_t local, const Packed *p)
+{
+    uint32_t *m = meta_of(e, local);
+    uint8_t *dst = slot_of(c, e, local);
+    if (fault_point == F_ALLOC_WRITING) {
+        memcpy(dst, p->head, p->head_len);
+        FAULT(F_ALLOC_WRITING);
+    }
+    copy_packed(dst, p);
+    m[META_LEN] = (uint32_t)packed_size(p);
+    m[META_SEQ] = 0;
+    uint32_t gen = LOAD(&m[META_GEN]) & GENERATION_MASK;
+    STORE_REL((uint64_t *)m, pair(gen, (ALLOCATED << STATE_SHIFT) | c->owner));
+}
+
+/* bytes and str straight from the slot (the caller re-checks the sequence);
+ * else NULL with *copy the raw bytes for the unpacker (or NULL: out of memory). */
+static PyObject *decode_value(const uint8_t *src, uint32_t n, PyObject **copy)
+{
+    if (n >= 1) {
+        uint8_t t = src[0];
+        size_t hl = 0, len = 0;
+        int is_bin = 0, is_str = 0;
+        if (t == 0xc4 && n >= 2) { hl = 2; len = src[1]; is_bin = 1; }
+        else if (t == 0xc5 && n >= 3) { hl = 3; len = (size_t)src[1] << 8 | src[2]; is_bin = 1; }
+        else if (t == 0xc6 && n >= 5) { hl = 5; len = (size_t)src[1] << 24 | (size_t)src[2] << 16 | (size_t)src[3] << 8 | src[4]; is_bin = 1; }
+        else if ((t & 0xe0) == 0xa0) { hl = 1; len = t & 0x1f; is_str = 1; }
+        else if (t == 0xd9 && n >= 2) { hl = 2; len = src[1]; is_str = 1; }
+        if ((is_bin || is_str) && hl + len == n) {
+            if (is_bin)
+                return PyBytes_FromStringAndSize((const char *)src + hl, (Py_ssize_t)len);
+            PyObject *s = PyUnicode_DecodeUTF8((const char *)src + hl, (Py_ssize_t)len, "strict");
+            if (s)
+                return s;
+            PyErr_Clear(); /* torn by a racing set(), or not ours: the slow path decides */
+        }
+    }
+    *copy = PyBytes_FromStringAndSize((const char *)src, n);
+    return NULL;
+}
+
+static PyObject *unpack_copy(Core *c, PyObject *h, PyObject *copy)
+{
+    PyObject *unpack = Py_NewRef(c->unpack);
+    PyObject *v = PyObject_CallOneArg(unpack, copy);
+    Py_DECREF(unpack);
+    Py_DECREF(copy);
+    if (!v) {
+        PyObject *exc = fetch_exception();
+        return exc ? RAISE(c, E_UNPACK, "ON)", h, exc) : NULL;
+    }
+    return v;
+}

@@ -1,0 +1,178 @@
+/* recovery.c: judge every slot by its state, and rebuild from the verdicts.
+ *
+ * Nothing a dead process wrote half-way is trusted. Under the lock, with
+ * every extent mapped (a partial view writes nothing: lock.c), each slot the
+ * pool ever handed out is judged:
+ *   being-written by a dead owner    -> freed (its handle never left that process)
+ *   cached by a dead owner           -> freed (its magazine died with it)
+ *   being set() when its setter died -> torn if the sequence is odd, else allocated
+ *   allocated by a dead owner        -> kept (re-owned by ORPHAN_OWNER), or freed when `reclaim`
+ *   metadata that makes no sense     -> freed, counted corrupt
+ * then the free lists, the totals and the free-slot count are derived again.
+ * A live process may release a slot into its magazine meanwhile (lock-free),
+ * so each verdict is stored by compare-and-swap and judged again if the slot
+ * moved. A repair touches only slots below each extent's fresh mark, so its
+ * cost follows the slots ever handed out, not the capacity.
+ */
+
+static const char *tally_names[T_COUNT] = {"cached_returned", "half_written_freed", "torn_values", "orphans_kept",
+                                           "orphans_reclaimed", "corrupt_slots", "in_use"};
+
+enum { SLOT_KEEP, SLOT_FREE, SLOT_TORN_NOW };
+
+/* What recovery makes of one slot's pair `cur`: the pair it should hold (*want), counted in `found`. */
+static int judge_slot(Core *c, const uint32_t *m, uint64_t cur, int reclaim, signed char *alive, long *found, uint64_t *want)
+{
+    uint32_t g = (uint32_t)cur, word = (uint32_t)(cur >> 32);
+    uint32_t st = state_of(word), owner = owner_of(word), seq = LOAD(&m[META_SEQ]);
+    int verdict = SLOT_KEEP, bump = 1;
+    *want = cur;
+    if ((g & GENERATION_MASK) == 0 || st > SETTING) {
+        found[T_CORRUPT]++;
+        verdict = SLOT_FREE;
+        g = 0;
+    } else if (st == FREE) {
+        verdict = SLOT_FREE;
+        bump = 0;
+    } else if (st == WRITING) {
+        if (owner_alive(c, owner, alive))
+            found[T_IN_USE]++;
+        else {
+            found[T_HALF]++;
+            verdict = SLOT_FREE;
+        }
+    } else if (st == CACHED) {
+        if (!owner_alive(c, owner, alive)) {
+            found[T_CACHED]++;
+            verdict = SLOT_FREE;
+        }
+    } else if (st == ALLOCATED && (g & UNREADABLE)) {
+        found[T_CORRUPT]++;
+        verdict = SLOT_FREE;
+    } else {
+        /* Allocated, torn, or being set() when its setter died (then torn if the sequence is odd). */
+        if (st == SETTING || (st == ALLOCATED && (seq & 1))) {
+            st = (seq & 1) ? TORN : ALLOCATED;
+            g = st == TORN ? (g | UNREADABLE) : (g & GENERATION_MASK);
+            if (st == TORN) {
+                found[T_TORN]++;
+                verdict = SLOT_TORN_NOW;
+            }
+        } else if (st == TORN && !(g & UNREADABLE)) {
+            st = ALLOCATED; /* set() repaired it, then died before saying so */
+        }
+        if (LOAD(&m[META_LEN]) > c->geo.slot_size) {
+            found[T_CORRUPT]++;
+            verdict = SLOT_FREE;
+        } else if (owner_alive(c, owner, alive)) {
+            found[T_IN_USE]++;
+        } else if (reclaim) {
+            found[T_RECLAIMED]++;
+            verdict = SLOT_FREE;
+        } else {
+            found[T_KEPT]++;
+            found[T_IN_USE]++;
+            owner = ORPHAN_OWNER; /* no slot names a dead incarnation after a repair (liveness.c) */
+        }
+        if (verdict != SLOT_FREE)
+            *want = pair(g, (st << STATE_SHIFT) | owner);
+    }
+    if (verdict == SLOT_FREE) {
+        uint32_t ng = bump ? next_generation(g) : (g & GENERATION_MASK ? g & GENERATION_MASK : 1);
+        *want = pair(ng | UNREADABLE, FREE << STATE_SHIFT);
+    }
+    return verdict;
+}
+
+/* Rebuild every extent from slot states and re-derive the counters and the
+ * semaphore (lock held; no Python). 0 with `counts` added to; -1 with nothing
+ * written when not every extent can be mapped (f filled). */
+static int rebuild_locked(Core *c, int reclaim, long *counts, Failure *f)
+{
+    if (map_extents_to(c, LOAD(&c->hdr[HDR_EXTENTS]), f) < 0)
+        return -1;
+    signed char alive[MAX_CLIENTS];
+    memset(alive, -1, sizeof alive);
+    /* Fold the counters of entries whose process is gone into the header. */
+    uint64_t live_delta = 0;
+    for (int i = 0; i < MAX_CLIENTS; i++) {
+        uint64_t *cw = client_words(c, i);
+        uint64_t a = LOAD(&cw[CLIENT_ALLOCATIONS]), d = LOAD(&cw[CLIENT_DEALLOCATIONS]);
+        if (!a && !d)
+            continue;
+        if (entry_alive(c, i)) {
+            live_delta += a - d;
+            continue;
+        }
+        c->hdr[HDR_ALLOCATIONS] += a;
+        c->hdr[HDR_DEALLOCATIONS] += d;
+        STORE(&cw[CLIENT_ALLOCATIONS], 0);
+        STORE(&cw[CLIENT_DEALLOCATIONS], 0);
+    }
+    long in_use = 0;
+    uint64_t free_total = 0, capacity = 0;
+    for (int k = 0; k < c->n_ext; k++) {
+        Extent *e = &c->ext[k];
+        uint32_t *w = ext_words(e);
+        w[EXT_CAPACITY] = e->cap;
+        w[EXT_POOL_ID_LOW] = (uint32_t)c->geo.pool_id;
+        w[EXT_POOL_ID_HIGH] = (uint32_t)(c->geo.pool_id >> 32);
+        w[EXT_MAGIC] = EXTENT_MAGIC;
+        uint32_t fresh = w[EXT_FRESH];
+        if (fresh > e->cap)
+            fresh = e->cap;
+        /* Slots past the fresh mark were never handed out: a process that died
+         * before moving the mark may have marked the one at it (only that one:
+         * a fresh slot is marked, then the mark moves). Clear it. */
+        if (fresh < e->cap)
+            STORE((uint64_t *)meta_of(e, fresh), 0);
+        w[EXT_HEAD] = 0;
+        for (uint32_t i = fresh; i-- > 0;) {
+            uint32_t *m = meta_of(e, i);
+            uint64_t cur = LOAD_ACQ((uint64_t *)m), want;
+            long found[T_COUNT];
+            int verdict;
+            do {
+                memset(found, 0, sizeof found);
+                verdict = judge_slot(c, m, cur, reclaim, alive, found, &want);
+            } while (want != cur && !CAS((uint64_t *)m, &cur, want));
+            for (int t = 0; t < T_COUNT; t++)
+                counts[t] += found[t];
+            in_use += found[T_IN_USE];
+            if (verdict == SLOT_FREE) {
+                push_slot(e, i); /* its sequence word becomes the link */
+                free_total++;
+            } else if (verdict == SLOT_TORN_NOW) {
+                m[META_SEQ]++; /* even again: a reader sees the torn mark, not a write in progress */
+            }
+            if (i == fresh / 2)
+                FAULT(F_RECOVER_REBUILDING);
+        }
+        w[EXT_FRESH] = fresh;
+        free_total += e->cap - fresh;
+        capacity += e->cap;
+    }
+    c->hdr[HDR_FREE_HINT] = 0;
+    c->hdr[HDR_IN_USE] = (uint64_t)in_use - live_delta;
+    c->hdr[HDR_CAPACITY] = capacity;
+    tokens_derive(c, free_total);
+    return 0;
+}
+
+/* The tally as the dict recover() reports (no lock held: it allocates). */
+static PyObject *tally_dict(const long *counts)
+{
+    PyObject *tally = PyDict_New();
+    for (int t = 0; tally && t < T_COUNT; t++) {
+        PyObject *v = PyLong_FromLong(counts[t]);
+        if (!v || PyDict_SetItemString(tally, tally_names[t], v) < 0)
+            Py_CLEAR(tally);
+        Py_XDECREF(v);
+    }
+    return tally;
+}
+
+static long repairs_in(const long *counts)
+{
+    return counts[T_CACHED] + counts[T_HALF] + counts[T_TORN] + counts[T_RECLAIMED] + counts[T_CORRUPT];
+}
