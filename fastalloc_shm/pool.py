@@ -85,11 +85,15 @@ def _liveness_path(segment: seg.Segment) -> str:
 class KindPolicy:
     """What makes one pool kind differ from another; the core does the rest."""
 
-    name: str
-    """Recorded in the header; attach() picks the class by it."""
     code: int
+    """Recorded in the header (one of _layout's KIND_* codes); attach() picks the class by it."""
     may_grow: bool
     """Accepts a growth strategy (GrowingPool always has one)."""
+
+    @property
+    def name(self) -> str:
+        """The kind's name, from the one table of kinds (_layout.KIND_NAMES)."""
+        return L.KIND_NAMES[self.code]
 
 
 # Every kind by the name its header records; each class enters itself when it is defined,
@@ -574,7 +578,7 @@ class FixedPool(SharedPool):
     {'id': 1}
     """
 
-    _policy = KindPolicy("fixed", L.KIND_FIXED, may_grow=False)
+    _policy = KindPolicy(L.KIND_FIXED, may_grow=False)
 
 
 _NOTHING = object()
