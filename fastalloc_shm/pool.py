@@ -265,7 +265,7 @@ class SharedPool:
         self._core = _core.Core(
             segment.mm, sem_name, _liveness_path(segment), _names.extent_prefix(name),
             main_uid=os.fstat(segment.fd).st_uid, kind=self._policy.code, lock_timeout=cfg.lock_timeout,
-            batch=cfg.batch_size, errors=PoolErrors(self), pack=_codec.pack_function(), unpack=_unpack,
+            batch=cfg.batch_size, errors=PoolErrors(name, cfg, self), pack=_codec.pack_function(), unpack=_unpack,
             grow=Grower(self) if grows else None, start_ticks=start_ticks(os.getpid()), creating=creating,
             trusted=tuple(trusted), reclaim=cfg.orphan_policy == "reclaim",
         )
