@@ -618,15 +618,16 @@ def unlink(name: str) -> bool:
     """Remove every system object of pool `name`; False (and nothing done) if there was none.
 
     The semaphore removed is the one whose id the removed segment's header records,
-    so a pool created again under this name meanwhile keeps its own."""
+    so a pool created again under this name meanwhile keeps its own. A header that
+    names no semaphore of the pool (garbage, or a creator that died early) costs
+    the pool's other semaphores, those of no segment under the name now."""
     name = _names.validate(name)
     removed, pool_id = seg.unlink_segment_with_id(_names.segment(name))
-    if pool_id is not None:
-        seg.unlink_semaphore(_names.semaphore(name, pool_id))
-    elif removed:
-        _log.warning("pool %r: its segment recorded no pool id (its creator died before writing one, or it was not"
-                     " a pool), so no semaphore was removed with it; a creator dies that early only before making one",
-                     name)
+    if removed and (pool_id is None or not seg.unlink_semaphore(_names.semaphore(name, pool_id))):
+        strays = seg.unlink_stray_semaphores(name)
+        if strays:
+            _log.warning("pool %r: its header named no semaphore of it (damaged, or its creator died early); "
+                         "removed %s by name", name, ", ".join(strays))
     for posix_name in seg.extent_names_on_disk(name):
         removed |= seg.unlink_segment(posix_name)
     return removed
