@@ -240,7 +240,33 @@ def allocate_many_mutation(name: str) -> dict:
 
 # -- finding 3: a forged header ------------------------------------------------------------
 
-def attach_only(name: str) -> dict:
+def guard_below_next_mapping(size: int) -> None:
+    """Make the next mapping of `size` bytes land just below an inaccessible page.
+
+    The kernel places a mapping in the highest free gap that fits; map `size`-byte
+    PROT_NONE chunks until eight in a row land one below the other (every gap above
+    is filled), so the next mapping of that size goes just below the last chunk."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    previous, in_a_row = None, 0
+    for _ in range(100_000):
+        addr = libc.mmap(None, size, 0, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, -1, 0)
+        in_a_row = in_a_row + 1 if previous is not None and addr == previous - size else 0
+        previous = addr
+        if in_a_row == 8:
+            return
+    raise AssertionError("could not fill the address space's gaps")
+
+
+def attach_only(name: str, guard: str = "") -> dict:
+    """Attach and use the pool. With `guard`, first map a PROT_NONE region: the kernel places the next
+    mapping (the segment's) just below it, so a read past the segment's end faults instead of reading
+    whatever happened to be mapped there."""
+    if guard:
+        guard_below_next_mapping(int(guard))
     try:
         pool = attach(name)
     except FastallocError as exc:
@@ -453,7 +479,7 @@ def lock_churn(name: str) -> dict:
     pool = attach(name)
     print("churning", flush=True)
     while True:
-        pool.reset_statistics()
+        pool.release(pool.allocate(1))
 
 
 SCENARIOS = {f.__name__: f for f in (churn_close, close_during_hook, wait_close, signal_close, hook_close,

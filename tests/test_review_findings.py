@@ -186,7 +186,7 @@ def test_attach_refuses_a_forged_header_whose_extent_size_overflows(pool_name):
         mm[L.CONFIG_OFFSET:L.CONFIG_OFFSET + len(record)] = record
         q.release()
         mm.close()
-        result = run_child("attach_only", pool_name)
+        result = run_child("attach_only", pool_name, L.HEADER_SIZE)
         assert result["type"] in ("IncompatiblePool", "FastallocError"), result
         assert result["error"] and not result["error"].startswith("after attach"), result
 
@@ -306,6 +306,7 @@ def test_a_torn_value_is_not_readable_while_set_repairs_it(tmp_path, pool_name):
     with FixedPool.create(pool_name, capacity=4, lock_timeout=2.0) as pool:
         h = pool.allocate({"v": "before"})
         Faulted(tmp_path, "set_handle", pool_name, h, fault="set.writing:kill").kill()
+        pool.recover()
         with pytest.raises(FastallocError, match="torn"):
             pool.get(h)
         repairing = Faulted(tmp_path, "set_handle", pool_name, h, fault="set.claimed:pause")
@@ -482,7 +483,7 @@ def test_no_python_code_runs_under_the_mutex_on_the_damaged_free_list_path(pool_
 
 def test_a_dead_owners_slot_is_reclaimed_after_its_client_entry_incarnation_wraps(pool_name):
     with FixedPool.create(pool_name, capacity=8, lock_timeout=2.0) as pool:
-        child = subprocess.Popen([sys.executable, "-m", "tests.review_child", "allocate_n", pool_name, 1, "hold"],
+        child = subprocess.Popen([sys.executable, "-m", "tests.review_child", "allocate_n", pool_name, "1", "hold"],
                                  cwd=ROOT, stdout=subprocess.PIPE, text=True)
         try:
             handle = json.loads(child.stdout.readline())["handles"][0]
