@@ -54,7 +54,7 @@ from fastalloc_shm import (
 )
 from fastalloc_shm import _layout as L
 
-from .invariants import assert_sound
+from .invariants import assert_sound, check_invariants
 from .matrix_child import value as child_value
 from .workers import self_checking
 
@@ -290,6 +290,16 @@ def test_kill_at_fault_point_then_survive_recover_and_lose_nothing(pool_name, tm
         assert repairs == (point in IN_LOCK), (
             f"the child died at {point} {'holding' if point in IN_LOCK else 'not holding'} the lock, "
             f"yet the next locker repaired it {repairs} times")
+        if point in IN_LOCK:
+            # What the repair must have done: free lists rebuilt from slot states, the child's
+            # half-taken slots freed, the free-slot count and the usage re-derived.
+            counts = check_invariants(pool)
+            left = owned(snapshot(pool), L.WRITING, child) | owned(snapshot(pool), L.CACHED, child)
+            assert not left, f"the repair left slots {sorted(left)} being written or cached by the dead child"
+            assert pool._core.semaphore_value == counts["free"], (
+                f"{pool._core.semaphore_value} free-slot tokens after the repair, {counts['free']} slots free")
+            assert len(pool) == counts["allocated"] + counts["torn"], (len(pool), counts)
+        started = time.monotonic()
         allocate(pool, held, 301)
         waited = max(waited, time.monotonic() - started)
         assert waited < 2 * LOCK_TIMEOUT, f"the survivor waited {waited:.3f} s for the lock of a dead holder"
