@@ -40,7 +40,7 @@ from typing import Any
 
 from fastalloc_shm import GrowthStrategy, PoolConfig, _admin, _protocol
 from fastalloc_shm.errors import ConfigError
-from fastalloc_shm.kinds import POOL_KINDS
+from fastalloc_shm.kinds import DEFAULT_KIND, POOL_KINDS
 
 _CONFIG_FIELDS = ("capacity", "slot_size", "max_capacity", "alignment", "pre_initialize", "initializer",
                   "huge_pages", "lock_timeout", "orphan_policy", "batch_size", "mode")
@@ -94,7 +94,7 @@ class DaemonConfig:
     access: Access = field(default_factory=Access)
 
 
-EMBEDDED_DEFAULT = DaemonConfig({"default": PoolSpec("default", "fixed", PoolConfig(capacity=1024, slot_size=256))})
+EMBEDDED_DEFAULT = DaemonConfig({"default": PoolSpec("default", DEFAULT_KIND, PoolConfig(capacity=1024, slot_size=256))})
 
 
 def load(path: str) -> DaemonConfig:
@@ -163,7 +163,7 @@ def pool_spec(name: str, table: Any) -> PoolSpec:
     unknown = set(table) - _POOL_KEYS
     if unknown:
         raise ConfigError(f"{sorted(unknown)[0]}: unknown key; known keys are {', '.join(sorted(_POOL_KEYS))}")
-    kind = table.get("kind", "fixed")
+    kind = table.get("kind", DEFAULT_KIND)
     if kind not in POOL_KINDS:
         raise ConfigError(f"kind: {kind!r} is not one of {', '.join(POOL_KINDS)}")
     persist = table.get("persist", False)

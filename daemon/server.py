@@ -30,7 +30,7 @@ from fastalloc_shm import _protocol
 from fastalloc_shm._protocol import ProtocolError
 from fastalloc_shm.config import PoolConfig
 from fastalloc_shm.errors import ConfigError, FastallocError
-from fastalloc_shm.kinds import POOL_KINDS
+from fastalloc_shm.kinds import DEFAULT_KIND, POOL_KINDS
 
 from .config import Access, PoolSpec
 from .registry import Registry
@@ -209,7 +209,7 @@ def _supplementary_groups(pid: int) -> set[int]:
 
 
 def _create(registry: Registry, request: dict[str, Any]) -> dict[str, Any]:
-    kind = _arg(request, "kind", str, "fixed")
+    kind = _arg(request, "kind", str, DEFAULT_KIND)
     if kind not in POOL_KINDS:
         raise ConfigError(f"kind: {kind!r} is not one of {', '.join(POOL_KINDS)}")
     record = _arg(request, "config", dict)

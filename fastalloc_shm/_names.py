@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import sys
+from collections.abc import Iterable
 
 from .errors import ConfigError
 
@@ -62,6 +63,13 @@ def semaphore(name: str, pool_id: int) -> str:
     The id makes the semaphore of one incarnation of a pool distinct from that
     of the next: an unlinker removes only the one of the segment it removed."""
     return f"/{PREFIX}{name}.{pool_id:016x}.lock"
+
+
+def semaphore_ids(name: str, entries: Iterable[str]) -> set[int]:
+    """Pool ids of the semaphores of pool `name` among `/dev/shm` entries (exactly its pattern:
+    another pool's name never matches, even one that starts with `name`)."""
+    pattern = re.compile(rf"sem\.{re.escape(PREFIX + name)}\.([0-9a-f]{{16}})\.lock")
+    return {int(m.group(1), 16) for m in map(pattern.fullmatch, entries) if m is not None}
 
 
 def semaphore_path(posix_name: str) -> str:

@@ -158,6 +158,37 @@ def _pool_id(fd: int) -> int | None:
     return (q[L.HDR_POOL_ID] or None) if q[L.HDR_MAGIC] == L.MAGIC else None
 
 
+def pool_id_now(posix_name: str) -> int | None:
+    """The id word of the segment named `posix_name` now, whatever its magic; None if there is none."""
+    try:
+        fd = os.open(segment_path(posix_name), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        words = os.pread(fd, 8 * (L.HDR_POOL_ID + 1), 0)
+    finally:
+        os.close(fd)
+    if len(words) < 8 * (L.HDR_POOL_ID + 1):
+        return None
+    return memoryview(words).cast("Q")[L.HDR_POOL_ID]
+
+
+def unlink_stray_semaphores(name: str) -> list[str]:
+    """Remove every semaphore of pool `name` except the one of the segment under that name now, if any.
+
+    For an unlink whose segment recorded no trustworthy id. The semaphores are
+    listed before the current segment's id is read: a creator writes its id
+    before it makes its semaphore, so a semaphore listed is either a stray or
+    one whose id this read sees."""
+    try:
+        ids = _names.semaphore_ids(name, os.listdir(_names.SHM_DIR))
+    except FileNotFoundError:
+        return []
+    ids.discard(pool_id_now(_names.segment(name)))
+    removed = [_names.semaphore(name, pool_id) for pool_id in sorted(ids)]
+    return [sem for sem in removed if unlink_semaphore(sem)]
+
+
 def still_named(segment: Segment) -> bool:
     """True while `segment`'s name refers to the very segment mapped (not unlinked, not replaced)."""
     try:

@@ -23,11 +23,11 @@ from urllib.parse import urlsplit
 from . import _admin
 from .config import GrowthStrategy
 from .errors import FastallocError, PoolNotFound
-from .kinds import POOL_KINDS
+from .kinds import DEFAULT_KIND, POOL_KINDS
 from .pool import attach, unlink
 
 PROG = "fastalloc-shm"
-KINDS = ("fixed", "growing", "threadlocal", "threadsafe")
+KINDS = tuple(POOL_KINDS)
 
 
 class _SharedMemory:
@@ -48,7 +48,7 @@ class _SharedMemory:
         return attach(name)
 
     def create(self, name: str, kind: str | None, **config: Any) -> Any:
-        return POOL_KINDS[kind or "fixed"].create(name, **config)
+        return POOL_KINDS[kind or DEFAULT_KIND].create(name, **config)
 
     def unlink(self, name: str) -> bool:
         return unlink(name)
@@ -362,7 +362,7 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument("name")
     create.add_argument("--capacity", type=_positive_int, required=True, help="slots at creation")
     create.add_argument("--slot-size", type=_positive_int, required=True, help="bytes of payload per slot")
-    create.add_argument("--kind", choices=KINDS, help="shared-memory pool kind (default fixed)")
+    create.add_argument("--kind", choices=KINDS, help=f"shared-memory pool kind (default {DEFAULT_KIND})")
     create.add_argument("--max-capacity", type=_positive_int,
                         help="let the pool double when full, up to this many slots (not for --kind fixed)")
 

@@ -22,7 +22,7 @@ class GrowingPool(SharedPool):
     ...                           growth_strategy=GrowthStrategy.exponential(2.0))  # doctest: +SKIP
     """
 
-    _policy = KindPolicy("growing", L.KIND_GROWING, may_grow=True)
+    _policy = KindPolicy(L.KIND_GROWING, may_grow=True)
 
     @classmethod
     def _prepare_config(cls, cfg: PoolConfig) -> PoolConfig:

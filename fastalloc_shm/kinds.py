@@ -1,4 +1,4 @@
-"""Every shared-memory pool kind by the name its header records."""
+"""Every shared-memory pool kind by the name its header records (names from _layout.KIND_NAMES)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,7 @@ from .threadlocal import ThreadLocalPool
 from .threadsafe import ThreadSafePool
 
 POOL_KINDS: dict[str, type[SharedPool]] = {
-    "fixed": FixedPool,
-    "growing": GrowingPool,
-    "threadlocal": ThreadLocalPool,
-    "threadsafe": ThreadSafePool,
+    cls._policy.name: cls for cls in (FixedPool, GrowingPool, ThreadLocalPool, ThreadSafePool)
 }
+DEFAULT_KIND = FixedPool._policy.name
+"""The kind a pool gets when none is named (CLI, daemon)."""

@@ -23,8 +23,7 @@ import mmap
 import os
 import secrets
 import weakref
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -34,11 +33,12 @@ import psutil
 from . import _callables, _codec, _core, _names, _trust
 from . import _layout as L
 from . import _segment as seg
+from ._base import NOTHING, Pool, build_config, check_same_config
 from ._growth import Grower
 from ._header import HalfCreated, encode_config, open_ready, write_header
 from ._messages import PoolErrors
 from .config import PoolConfig
-from .errors import ConfigError, FastallocError, IncompatiblePool, PoolExhausted, PoolExistsError, PoolNotFound
+from .errors import ConfigError, FastallocError, IncompatiblePool, PoolExistsError, PoolNotFound
 from .report import ClientInfo, RecoveryReport
 from .stats import PoolStatistics
 
@@ -85,11 +85,15 @@ def _liveness_path(segment: seg.Segment) -> str:
 class KindPolicy:
     """What makes one pool kind differ from another; the core does the rest."""
 
-    name: str
-    """Recorded in the header; attach() picks the class by it."""
     code: int
+    """Recorded in the header (one of _layout's KIND_* codes); attach() picks the class by it."""
     may_grow: bool
     """Accepts a growth strategy (GrowingPool always has one)."""
+
+    @property
+    def name(self) -> str:
+        """The kind's name, from the one table of kinds (_layout.KIND_NAMES)."""
+        return L.KIND_NAMES[self.code]
 
 
 # Every kind by the name its header records; each class enters itself when it is defined,
@@ -97,7 +101,7 @@ class KindPolicy:
 _KINDS: dict[str, type[SharedPool]] = {}
 
 
-class SharedPool:
+class SharedPool(Pool):
     """What every shared-memory pool kind shares; use FixedPool, GrowingPool,
     ThreadLocalPool or ThreadSafePool."""
 
@@ -141,7 +145,7 @@ class SharedPool:
         >>> pool = FixedPool.create("jobs", capacity=10_000, slot_size=256)  # doctest: +SKIP
         """
         name = _names.validate(name)
-        cfg = cls._prepare_config(_build_config(capacity, slot_size, config, overrides))
+        cfg = cls._prepare_config(build_config(capacity, slot_size, config, overrides))
         for _ in range(2):
             try:
                 return cls._create_new(name, cfg)
@@ -201,12 +205,11 @@ class SharedPool:
 
     def _check_compatible(self, cfg: PoolConfig) -> None:
         """create(exist_ok=True) found this pool (of this kind: attach checked): every field must match."""
-        difference = self._config.first_difference(cfg)
-        if difference is not None:
+        try:
+            check_same_config(f"pool {self._name!r}", self._config, cfg, "unlink it or create it with the same settings")
+        except BaseException:
             self.close()
-            raise IncompatiblePool(
-                f"pool {self._name!r} exists with {difference}; unlink it or create it with the same settings"
-            )
+            raise
 
     def _discard_half_created(self, segment: seg.Segment) -> None:
         # If our name was unlinked meanwhile, it may be another pool's by now: leave it
@@ -259,7 +262,7 @@ class SharedPool:
         self._core = _core.Core(
             segment.mm, sem_name, _liveness_path(segment), _names.extent_prefix(name),
             main_uid=os.fstat(segment.fd).st_uid, kind=self._policy.code, lock_timeout=cfg.lock_timeout,
-            batch=cfg.batch_size, errors=PoolErrors(self), pack=_codec.pack_function(), unpack=_unpack,
+            batch=cfg.batch_size, errors=PoolErrors(name, cfg, self), pack=_codec.pack_function(), unpack=_unpack,
             grow=Grower(self) if grows else None, start_ticks=start_ticks(os.getpid()), creating=creating,
             trusted=tuple(trusted), reclaim=cfg.orphan_policy == "reclaim",
         )
@@ -360,46 +363,25 @@ class SharedPool:
         self._check_open()
         raise FastallocError(f"pool {self._name!r} did not open")
 
-    def try_allocate(self, value: Any, timeout: float | None = None) -> int | None:
-        """Like allocate(), but None instead of PoolExhausted."""
-        try:
-            return self.allocate(value, timeout=timeout)
-        except PoolExhausted:
-            return None
+    # -- acquire()'s steps (its policy is Pool.acquire) --------------------------------------
 
-    @contextmanager
-    def borrowed(self, value: Any) -> Iterator[int]:
-        """Allocate `value` for the duration of a with-block; released on exit."""
-        handle = self.allocate(value)
-        try:
-            yield handle
-        finally:
-            self.release(handle)
+    def _take_slot(self) -> tuple[int, bytes | None]:
+        return self._core.take_slot()
 
-    def acquire(self) -> int:
-        """A slot without a value from you: `create()` the first time a slot is used,
-        `reset(previous)` when it is reused (config.reset), or the pre-initialized value."""
-        self._check_open()
-        create, reset = self._reset_callables()
-        index, previous_bytes = self._core.take_slot()
+    def _decode_previous(self, slot: int, payload: bytes) -> Any:
         try:
-            previous = _NOTHING
-            if previous_bytes is not None:
-                try:
-                    previous = _unpack(previous_bytes)
-                except ValueError:
-                    previous = _NOTHING
-            if previous is _NOTHING:
-                value = create()
-            elif reset is not None:
-                result = reset(previous)
-                value = previous if result is None else result
-            else:
-                value = previous
-            return self._core.publish_slot(index, value)
-        except BaseException:
-            self._core.unwind_slot(index)
-            raise
+            return _unpack(payload)
+        except ValueError:
+            return NOTHING  # not what a pool writes: the slot counts as never used
+
+    def _fill_slot(self, slot: int, value: Any) -> int:
+        return self._core.publish_slot(slot, value)
+
+    def _keep_slot(self, slot: int, previous: Any) -> int:
+        return self._core.publish_slot(slot, previous)
+
+    def _return_slot(self, slot: int) -> None:
+        self._core.unwind_slot(slot)
 
     # -- callables named in the config record ----------------------------------
 
@@ -412,17 +394,9 @@ class SharedPool:
         except FastallocError as exc:
             raise FastallocError(f"{field_name}: not imported or called, the pool's owner is not trusted: {exc}") from None
 
-    def _segment_callable(self, fn: Callable[..., Any] | str, field_name: str) -> Callable[..., Any]:
+    def _callable(self, fn: Callable[..., Any] | str, field_name: str) -> Callable[..., Any]:
         self._check_callable_owner(field_name)
         return _callables.as_callable(fn, field_name)
-
-    def _reset_callables(self) -> tuple[Callable[[], Any], Callable[[Any], Any] | None]:
-        cfg = self._config
-        if cfg.reset is not None:
-            return self._segment_callable(cfg.reset[0], "reset"), self._segment_callable(cfg.reset[1], "reset")
-        if cfg.initializer is not None:
-            return self._segment_callable(cfg.initializer, "initializer"), None
-        raise ConfigError(f"reset: pool {self._name!r} has no reset_fn(create, reset) or initializer; acquire() needs one")
 
     def _pre_initialize(self) -> None:
         """Fill every slot of extent 0 with the initializer's value (called once: a slot
@@ -435,7 +409,7 @@ class SharedPool:
             for offset in range(start, self._segment.size, mmap.PAGESIZE):
                 mm[offset] = 0
             return
-        init = self._segment_callable(self._config.initializer, "initializer")
+        init = self._callable(self._config.initializer, "initializer")
         self._core.pre_initialize(init())
 
     def _advise_huge_pages(self, mm: mmap.mmap) -> None:
@@ -529,15 +503,6 @@ class SharedPool:
             # (a pool created again under the name has a semaphore of another id).
             seg.unlink_semaphore(self._sem_name)
 
-    def __enter__(self) -> SharedPool:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._creator:
-            self.unlink()
-        else:
-            self.close()
-
     def __reduce__(self) -> tuple[Callable[..., SharedPool], tuple[str]]:
         return (type(self).attach, (self._name,))
 
@@ -556,32 +521,7 @@ class FixedPool(SharedPool):
     {'id': 1}
     """
 
-    _policy = KindPolicy("fixed", L.KIND_FIXED, may_grow=False)
-
-
-_NOTHING = object()
-
-
-def _build_config(capacity: int | None, slot_size: int | None, config: PoolConfig | None,
-                  overrides: dict[str, Any]) -> PoolConfig:
-    if config is not None:
-        if not isinstance(config, PoolConfig):
-            raise ConfigError(f"config: expected a PoolConfig, got {type(config).__name__}")
-        extra = dict(overrides)
-        if capacity is not None:
-            extra["capacity"] = capacity
-        if slot_size is not None:
-            extra["slot_size"] = slot_size
-        return config.with_overrides(**extra) if extra else config
-    if capacity is None:
-        raise ConfigError("capacity: required (pass capacity=N or config=PoolConfig(...))")
-    values = {"capacity": capacity, **overrides}
-    if slot_size is not None:
-        values["slot_size"] = slot_size
-    try:
-        return PoolConfig(**values)
-    except TypeError as exc:
-        raise ConfigError(f"{exc}; see PoolConfig for the fields") from None
+    _policy = KindPolicy(L.KIND_FIXED, may_grow=False)
 
 
 def attach(name: str, *, trusted_uids: Iterable[int] | None = None) -> SharedPool:
@@ -596,15 +536,16 @@ def unlink(name: str) -> bool:
     """Remove every system object of pool `name`; False (and nothing done) if there was none.
 
     The semaphore removed is the one whose id the removed segment's header records,
-    so a pool created again under this name meanwhile keeps its own."""
+    so a pool created again under this name meanwhile keeps its own. A header that
+    names no semaphore of the pool (garbage, or a creator that died early) costs
+    the pool's other semaphores, those of no segment under the name now."""
     name = _names.validate(name)
     removed, pool_id = seg.unlink_segment_with_id(_names.segment(name))
-    if pool_id is not None:
-        seg.unlink_semaphore(_names.semaphore(name, pool_id))
-    elif removed:
-        _log.warning("pool %r: its segment recorded no pool id (its creator died before writing one, or it was not"
-                     " a pool), so no semaphore was removed with it; a creator dies that early only before making one",
-                     name)
+    if removed and (pool_id is None or not seg.unlink_semaphore(_names.semaphore(name, pool_id))):
+        strays = seg.unlink_stray_semaphores(name)
+        if strays:
+            _log.warning("pool %r: its header named no semaphore of it (damaged, or its creator died early); "
+                         "removed %s by name", name, ", ".join(strays))
     for posix_name in seg.extent_names_on_disk(name):
         removed |= seg.unlink_segment(posix_name)
     return removed

@@ -36,12 +36,13 @@ import secrets
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import msgpack
 
 from . import _callables, _codec, _names
+from ._base import Pool, build_config, check_same_config
 from ._redis_connection import AUTH_ENV, URL_ENV, Connection, mask_url, public_url, with_local_credentials
 from ._redis_errors import RedisNotInstalled, RedisUnavailable, ScriptError, SharedMemoryOnly, pool_error
 from ._redis_scripts import (
@@ -67,7 +68,7 @@ from ._redis_scripts import (
     pool_keys,
     pool_of_meta_key,
 )
-from .config import DEFAULT_SLOT_SIZE, ORPHAN_POLICIES, PoolConfig
+from .config import ORPHAN_POLICIES, PoolConfig
 from .errors import (
     ConfigError,
     FastallocError,
@@ -77,7 +78,7 @@ from .errors import (
     SerializationError,
     ValueTooLarge,
 )
-from .handle import INDEX_BITS, unpack
+from .handle import INDEX_BITS, INDEX_MASK, unpack
 from .report import RecoveryReport
 from .stats import PoolStatistics
 
@@ -111,7 +112,7 @@ def _check_timeout(timeout: float) -> float:
     return float(timeout)
 
 
-class RedisPool:
+class RedisPool(Pool):
     """A pool of msgpack values on a Redis server or Redis Cluster, shared by processes on any host.
 
     The creator owns the pool's keys on the server: `unlink()` (or leaving a
@@ -202,7 +203,7 @@ class RedisPool:
         """
         _names.validate(name)
         _check_lease_ttl(lease_ttl)
-        config = _build_config(capacity, slot_size, config, overrides)
+        config = build_config(capacity, slot_size, config, overrides)
         if config.capacity > INDEX_LIMIT:
             raise ConfigError(f"capacity: {config.capacity} slots is more than a pool can index ({INDEX_LIMIT})")
         conn = Connection(url, cluster)
@@ -224,7 +225,8 @@ class RedisPool:
                     " RedisPool.attach(), pass exist_ok=True, or unlink it first"
                 )
             found, incarnation, reset_unimportable = _describe(conn, name)
-            _check_compatible(name, conn.address, config, found)
+            check_same_config(f"pool {name!r} on Redis at {conn.address}", found, config,
+                              "attach to it as it is (RedisPool.attach), or pick another name")
             return cls(name, url, cluster, lease_ttl, found, conn, incarnation, creator=False,
                        reset_unimportable=reset_unimportable)
         except BaseException:
@@ -271,13 +273,6 @@ class RedisPool:
                 time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
                 pause = min(pause * 2, _LAST_PAUSE)
 
-    def try_allocate(self, value: Any, timeout: float | None = None) -> int | None:
-        """Like `allocate`, but None instead of PoolExhausted."""
-        try:
-            return self.allocate(value, timeout=timeout)
-        except PoolExhausted:
-            return None
-
     def allocate_many(self, values: Iterable[Any]) -> list[int]:
         """Store every value, in one round trip; all or none (PoolExhausted allocates nothing)."""
         self._check_open()
@@ -313,51 +308,25 @@ class RedisPool:
         if args:
             self._run(RELEASE, args)
 
-    @contextlib.contextmanager
-    def borrowed(self, value: Any) -> Iterator[int]:
-        """Allocate `value` for the duration of a `with` block; released on exit.
+    # -- acquire()'s steps (its policy is Pool.acquire): two round trips, take the slot, then store
 
-        >>> with pool.borrowed({"job": 7}) as h:  # doctest: +SKIP
-        ...     pool.get(h)
-        {'job': 7}
-        """
-        self._check_open()
-        handle = self.allocate(value)
-        try:
-            yield handle
-        finally:
-            self.release(handle)
-
-    def acquire(self) -> int:
-        """A slot holding a ready object, from the config's `reset_fn(create, reset)`.
-
-        A slot never used holds `create()`; a reused one `reset(previous)`, or
-        the previous value mutated in place when reset returns None. With only
-        an `initializer`, a never-used slot holds `initializer()` and a reused
-        one keeps its value. Two round trips: take the slot, then store.
-        """
-        self._check_open()
-        make, reset = self._acquire_functions()
+    def _take_slot(self) -> tuple[int, bytes | None]:
         reply = self._allocate(1, ())
-        index, previous = reply[1], reply[3]
-        handle = (reply[2] << INDEX_BITS) | index
-        try:
-            if previous is None:
-                value = make()
-            elif reset is None:
-                return handle
-            else:
-                value = self._unpack(previous, index)
-                result = reset(value)
-                if result is not None:
-                    value = result
-            self.set(handle, value)
-        except BaseException:
-            # A failing create/reset or a value too large must not leak the slot.
-            with contextlib.suppress(FastallocError):
-                self.release(handle)
-            raise
-        return handle
+        return (reply[2] << INDEX_BITS) | reply[1], reply[3]
+
+    def _decode_previous(self, slot: int, payload: bytes) -> Any:
+        return self._unpack(payload, slot & INDEX_MASK)
+
+    def _fill_slot(self, slot: int, value: Any) -> int:
+        self.set(slot, value)
+        return slot
+
+    def _keep_slot(self, slot: int, previous: Any) -> int:
+        return slot
+
+    def _return_slot(self, slot: int) -> None:
+        with contextlib.suppress(FastallocError):
+            self.release(slot)
 
     def buffer(self, handle: int) -> memoryview:
         """Shared-memory pools only: raises SharedMemoryOnly."""
@@ -476,16 +445,6 @@ class RedisPool:
         finally:
             conn.close()
 
-    def __enter__(self) -> RedisPool:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        try:
-            if self._creator:
-                self.unlink()
-        finally:
-            self.close()
-
     def __reduce__(self) -> tuple[Callable[..., RedisPool], tuple[Any, ...]]:
         # Pickles as "attach by name": the url travels without credentials (a pickle
         # is easily logged, queued or stored); the receiver logs in with its own.
@@ -591,22 +550,16 @@ class RedisPool:
             )
         return self._config.growth_amount(capacity)
 
-    def _acquire_functions(self) -> tuple[Callable[[], Any], Callable[[Any], Any] | None]:
-        """(make, reset) for acquire(): make() fills a never-used slot; reset is None with only an initializer."""
-        if self._config.reset is not None:
-            create, reset = self._config.reset
-            return _callables.as_callable(create, "reset"), _callables.as_callable(reset, "reset")
-        if self._reset_unimportable:
+    def _callable(self, fn: Callable[..., Any] | str, field_name: str) -> Callable[..., Any]:
+        return _callables.as_callable(fn, field_name)
+
+    def _reset_callables(self) -> tuple[Callable[[], Any], Callable[[Any], Any] | None]:
+        if self._config.reset is None and self._reset_unimportable:
             raise ConfigError(
                 f"reset: pool {self._name!r} was created with reset functions that cannot be imported in this"
                 " process (a lambda or local function); give module-level functions or 'module:qualname' strings"
             )
-        if self._config.initializer is not None:
-            return _callables.as_callable(self._config.initializer, "initializer"), None
-        raise ConfigError(
-            f"reset: acquire() on pool {self._name!r} needs the config's reset_fn(create, reset) or an"
-            " initializer to make the object; add one, or call allocate(value)"
-        )
+        return super()._reset_callables()
 
 
 class _ClosedConnection:
@@ -703,21 +656,6 @@ def _check_lease_ttl(lease_ttl: float) -> None:
         raise ConfigError(f"lease_ttl: expected seconds >= {MIN_LEASE_TTL}, got {lease_ttl!r}")
 
 
-def _build_config(
-    capacity: int | None, slot_size: int | None, config: PoolConfig | None, overrides: dict[str, Any]
-) -> PoolConfig:
-    if config is None:
-        if capacity is None:
-            raise ConfigError("capacity: required; pass capacity=N or config=PoolConfig(...)")
-        config = PoolConfig(capacity=capacity, slot_size=DEFAULT_SLOT_SIZE if slot_size is None else slot_size)
-        return config.with_overrides(**overrides) if overrides else config
-    if not isinstance(config, PoolConfig):
-        raise ConfigError(f"config: expected a PoolConfig, got {config!r}")
-    changes = {k: v for k, v in (("capacity", capacity), ("slot_size", slot_size)) if v is not None}
-    changes.update(overrides)
-    return config.with_overrides(**changes) if changes else config
-
-
 def _pack_record(record: dict[str, Any]) -> bytes:
     return msgpack.packb(record, use_bin_type=True)
 
@@ -741,11 +679,3 @@ def _describe(conn: Connection, name: str) -> tuple[PoolConfig, str, bool]:
     return config, incarnation, bool(reset) and None in reset
 
 
-def _check_compatible(name: str, where: str, wanted: PoolConfig, found: PoolConfig) -> None:
-    """create(exist_ok=True): the rule of the shared-memory kinds, every field compared."""
-    difference = found.first_difference(wanted)
-    if difference is not None:
-        raise IncompatiblePool(
-            f"pool {name!r} exists on Redis at {where} with {difference}; attach to it as it is"
-            " (RedisPool.attach), or pick another name"
-        )

@@ -23,7 +23,7 @@ class ThreadLocalPool(SharedPool):
     cached elsewhere. Handles work from any process.
     """
 
-    _policy = KindPolicy("threadlocal", L.KIND_THREADLOCAL, may_grow=True)
+    _policy = KindPolicy(L.KIND_THREADLOCAL, may_grow=True)
 
     def cached(self) -> int:
         """Slots held in this process's magazine now."""

@@ -16,4 +16,4 @@ class ThreadSafePool(SharedPool):
     `lock_timeout` and fail with LockTimeout naming the holder's pid.
     """
 
-    _policy = KindPolicy("threadsafe", L.KIND_THREADSAFE, may_grow=True)
+    _policy = KindPolicy(L.KIND_THREADSAFE, may_grow=True)
