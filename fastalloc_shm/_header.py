@@ -97,7 +97,10 @@ def check_header(segment: seg.Segment, what: str) -> tuple[PoolConfig, str] | No
         except (ValueError, KeyError, TypeError, ConfigError) as exc:
             raise IncompatiblePool(f"{what}: damaged config record ({exc})") from None
         stride = L.stride_for(cfg.slot_size, cfg.alignment)
-        expected = L.main_segment_size(cfg.capacity, stride, cfg.alignment)
+        try:
+            expected = L.main_segment_size(cfg.capacity, stride, cfg.alignment)
+        except (ValueError, OverflowError):  # a geometry no memory holds: forged or damaged
+            expected = -1
         if (segment.size != expected or q[L.HDR_SLOT_SIZE] != cfg.slot_size or q[L.HDR_STRIDE] != stride
                 or not 1 <= q[L.HDR_EXTENTS] <= L.MAX_EXTENTS):
             raise IncompatiblePool(f"{what}: header does not match its segment ({segment.size} bytes); damaged")

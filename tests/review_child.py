@@ -342,8 +342,9 @@ def drop_pools(name: str, count: str) -> dict:
 # -- finding 6: the next locker cannot map every extent ------------------------------------------
 
 def without_fds(name: str) -> dict:
-    """Attach, then leave no free file descriptor; on a line from stdin, allocate (the lock's
-    holder died meanwhile, so this allocate repairs it and needs every extent mapped)."""
+    """Attach, then leave no free file descriptor; on a line "go <handle>" from stdin, release that
+    handle (the pool grew and the lock's holder died meanwhile, so this release repairs the lock
+    and needs the extent it has not mapped)."""
     pool = attach(name)
     used = sorted(int(fd) for fd in os.listdir("/proc/self/fd"))
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -355,14 +356,13 @@ def without_fds(name: str) -> dict:
         except OSError:
             break
     print("ready", flush=True)
-    sys.stdin.readline()
+    handle = int(sys.stdin.readline().split()[1])
     result: dict = {}
     try:
-        h = pool.allocate("from a partial view")
-        result["allocate"] = "returned"
-        pool.release(h)
+        pool.release(handle)  # takes the lock at once: no mapping before it
+        result["release"] = "returned"
     except BaseException as exc:  # noqa: BLE001 - reported
-        result["allocate"] = describe(exc)
+        result["release"] = describe(exc)
         result["fastalloc"] = isinstance(exc, FastallocError)
     for fd in fillers:
         os.close(fd)

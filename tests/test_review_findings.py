@@ -277,14 +277,15 @@ def test_pools_dropped_without_close_are_collected_with_their_client_entry_and_f
 def test_a_lock_repair_that_cannot_map_every_extent_raises_and_leaves_the_totals_alone(tmp_path, pool_name):
     with GrowingPool.create(pool_name, capacity=4, max_capacity=12, growth_strategy=GrowthStrategy.linear(4),
                             lock_timeout=2.0) as pool:
-        values = {pool.allocate({"v": i}): {"v": i} for i in range(6)}  # two extents
-        assert pool.capacity == 8 and pool._q[L.HDR_EXTENTS] == 2
+        values = {pool.allocate({"v": i}): {"v": i} for i in range(4)}  # extent 0, full
         blind = subprocess.Popen([sys.executable, "-m", "tests.review_child", "without_fds", pool_name], cwd=ROOT,
                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
-            assert blind.stdout.readline().strip() == "ready", blind.stderr.read()
+            assert blind.stdout.readline().strip() == "ready", blind.stderr.read()  # it mapped extent 0 only
+            values.update({pool.allocate({"v": i}): {"v": i} for i in range(4, 6)})  # extent 1, which it has not
+            assert pool.capacity == 8 and pool._q[L.HDR_EXTENTS] == 2
             Faulted(tmp_path, "allocate_n", pool_name, 1, fault="lock.acquired:kill").kill()
-            out, err = blind.communicate("go\n", timeout=WAIT)
+            out, err = blind.communicate(f"go {next(iter(values))}\n", timeout=WAIT)
         finally:
             if blind.poll() is None:
                 blind.kill()
@@ -523,22 +524,24 @@ def test_core_init_called_twice_raises_and_leaks_no_reference(pool_name):
             return msgpack.unpackb(data)
 
         callables = (errors, pack, unpack)
-        before = [sys.getrefcount(f) for f in callables]
         args = (pool._segment.mm, pool._sem_name, f"/dev/shm/fastalloc.{pool_name}",
                 f"/fastalloc.{pool_name}.x")
         kw = dict(main_uid=os.getuid(), kind=L.KIND_FIXED, lock_timeout=1.0, batch=1, errors=errors, pack=pack,
                   unpack=unpack, grow=None, start_ticks=0, creating=False, trusted=())
+        before = [sys.getrefcount(f) for f in callables]  # kw holds one each, before and after
         with pytest.raises(Exception):
             pool._core.__init__(*args, **kw)  # an open pool's core
-        bad = (bytearray(L.HEADER_SIZE + 4096),) + args[1:]  # no header: the first __init__ fails half-way
-        core = _core.Core.__new__(_core.Core)
-        with pytest.raises(FastallocError):
-            core.__init__(*bad, **kw)
-        with pytest.raises(Exception):
-            core.__init__(*bad, **kw)
-        del core
-        gc.collect()
-        assert [sys.getrefcount(f) for f in callables] == before
+        for bad_buffer in (bytearray(L.HEADER_SIZE + 4096), bytes(L.HEADER_SIZE + 4096)):
+            # No header, or not writable: the first __init__ fails half-way, the second is refused.
+            bad = (bad_buffer,) + args[1:]
+            core = _core.Core.__new__(_core.Core)
+            with pytest.raises(Exception):
+                core.__init__(*bad, **kw)
+            with pytest.raises(RuntimeError, match="initialized once"):
+                core.__init__(*bad, **kw)
+            del core
+            gc.collect()
+            assert [sys.getrefcount(f) for f in callables] == before
 
 
 def test_a_memoryerror_while_making_a_handle_leaks_no_slot(pool_name):
