@@ -757,6 +757,7 @@ def test_item_13_the_readme_development_map_lists_every_module():
     listed = {line.split()[0] for line in section.splitlines() if line.strip()}
     package = ROOT / "fastalloc_shm"
     modules = {p.name for p in package.iterdir() if p.suffix in (".py", ".c", ".h")}
+    modules |= {f"_core/{p.name}" for p in (package / "_core").iterdir() if p.suffix in (".c", ".h")}
     assert modules - listed == set(), "modules missing from README's development map"
     assert {m for m in listed if m.endswith((".py", ".c", ".h"))} - modules == set(), "the map lists modules that do not exist"
 
