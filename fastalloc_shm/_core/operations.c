@@ -169,27 +169,25 @@ static PyObject *set_impl(Core *c, PyObject *const *args, Py_ssize_t nargs)
     }
     uint32_t *m = meta_of(e, local);
     uint64_t *pm = (uint64_t *)m;
-    /* The sequence goes odd before the slot turns readable (a torn value's
-     * UNREADABLE bit clears in the claim), so no reader ever takes the bytes
-     * under repair for a value. */
-    uint32_t before = m[META_SEQ], seq = before | 1;
-    STORE_REL(&m[META_SEQ], seq);
-    /* Claim the slot from lock-free releasers: (gen, ALLOCATED|o) or a torn
-     * (gen|U, TORN|o) -> (gen, SETTING|o). */
+    /* Claim the slot from lock-free releasers: (gen, ALLOCATED|o) -> (gen, SETTING|o), or a
+     * torn (gen|U, TORN|o) -> (gen|U, SETTING|o): a torn value stays unreadable until the
+     * new one is published, so no reader takes the bytes under repair for a value. */
     uint64_t cur = LOAD_ACQ(pm);
     uint32_t w;
     for (;;) {
         w = (uint32_t)(cur >> 32);
         if (!holds_value((uint32_t)cur, w, gen)) {
-            STORE_REL(&m[META_SEQ], before);
             core_unlock(c);
             packed_done(&p);
             return raise_not_live(c, h, m, gen);
         }
-        if (CAS(pm, &cur, pair(gen, (SETTING << STATE_SHIFT) | owner_of(w))))
+        if (CAS(pm, &cur, pair((uint32_t)cur, (SETTING << STATE_SHIFT) | owner_of(w))))
             break;
     }
     FAULT(F_SET_CLAIMED);
+    uint32_t seq = m[META_SEQ] | 1;
+    STORE(&m[META_SEQ], seq);
+    __atomic_thread_fence(__ATOMIC_RELEASE);
     uint8_t *dst = slot_of(c, e, local);
     if (fault_point == F_SET_WRITING) {
         memcpy(dst, p.head, p.head_len);

@@ -52,12 +52,14 @@ static int judge_slot(Core *c, const uint32_t *m, uint64_t cur, int reclaim, sig
     } else {
         /* Allocated, torn, or being set() when its setter died (then torn if the sequence is odd). */
         if (st == SETTING || (st == ALLOCATED && (seq & 1))) {
-            st = (seq & 1) ? TORN : ALLOCATED;
-            g = st == TORN ? (g | UNREADABLE) : (g & GENERATION_MASK);
-            if (st == TORN) {
+            /* Torn if the setter died writing (odd sequence), or if it was repairing a
+             * torn value (UNREADABLE kept through the claim) and never published. */
+            if (seq & 1) {
                 found[T_TORN]++;
                 verdict = SLOT_TORN_NOW;
             }
+            st = (seq & 1) || (g & UNREADABLE) ? TORN : ALLOCATED;
+            g = st == TORN ? (g | UNREADABLE) : (g & GENERATION_MASK);
         } else if (st == TORN && !(g & UNREADABLE)) {
             st = ALLOCATED; /* set() repaired it, then died before saying so */
         }

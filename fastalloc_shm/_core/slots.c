@@ -15,10 +15,10 @@
  * - A slot is claimed for release with one CAS of (generation, state): of
  *   two racing releases, exactly one wins (a ThreadLocalPool releases without
  *   the lock).
- * - A reader (read_slot) loads the sequence, checks the generation, copies,
- *   and checks both again: it returns a value only if no set() touched the
- *   slot meanwhile, and a writer makes the sequence odd before it makes the
- *   slot readable, so a torn value is never returned as one.
+ * - A reader (get) loads the sequence, checks the generation, copies, and
+ *   checks both again: it returns a value only if no set() touched the slot
+ *   meanwhile. A torn value keeps UNREADABLE while set() repairs it, until
+ *   the new value is published, so it is never returned as one.
  */
 
 static inline uint32_t next_generation(uint32_t gen)
@@ -162,7 +162,7 @@ static int claim_release(uint32_t *m, uint32_t gen, uint32_t new_word, int *busy
         uint32_t g = (uint32_t)cur, w = (uint32_t)(cur >> 32);
         if (!holds_value(g, w, gen)) {
             if (busy)
-                *busy = g == gen && state_of(w) == SETTING;
+                *busy = (g & GENERATION_MASK) == gen && state_of(w) == SETTING;
             return 0;
         }
         if (CAS(p, &cur, pair(next_generation(gen) | UNREADABLE, new_word)))
@@ -228,7 +228,7 @@ static inline Extent *slot_of_handle(Core *c, PyObject *h, uint32_t *gen, uint32
 static PyObject *raise_not_live(Core *c, PyObject *h, const uint32_t *m, uint32_t gen)
 {
     uint32_t g = LOAD(&m[META_GEN]), w = LOAD(&m[META_WORD]);
-    if (g == (gen | UNREADABLE) && state_of(w) == TORN) {
+    if (g == (gen | UNREADABLE) && (state_of(w) == TORN || state_of(w) == SETTING)) { /* torn, or being repaired */
         int entry = (int)(owner_of(w) >> INCARNATION_BITS);
         uint32_t pid = entry < MAX_CLIENTS ? client_pid(c, entry) : 0;
         return RAISE(c, E_TORN, "OI)", h, pid);
