@@ -33,10 +33,20 @@ values = st.recursive(
 _names = itertools.count()
 
 
+# Issue 18 (open): a ThreadLocalPool's magazine still hides free slots from other attachments, so
+# there PoolExhausted may come while free slots sit in the *other* attachment's magazine, and
+# growth may happen meanwhile. The model allows exactly those slots and nothing more; when
+# issue 18 lands this becomes False and the model is as strict for ThreadLocalPool as for the rest.
+MAGAZINES_HIDE_FREE_SLOTS = True
+
+
 def machine_for(kind, capacity, extra):
+    max_capacity = extra.get("max_capacity", capacity)
+    strategy = extra.get("growth_strategy")
+    threadlocal = kind is ThreadLocalPool
+
     class PoolMachine(RuleBasedStateMachine):
         handles = Bundle("handles")
-        released = Bundle("released")
 
         def __init__(self):
             super().__init__()
@@ -44,6 +54,11 @@ def machine_for(kind, capacity, extra):
             self.pool = kind.create(self.name, capacity=capacity, slot_size=64, **extra)
             self.other = kind.attach(self.name)  # a second attachment: same slots, other client entry
             self.model = {}
+            self.issued = set()  # every handle ever handed out: a reused slot comes back under a new generation
+            self.stale = []  # handles released (by either side)
+            self.capacity = capacity
+            self.counters = {"total_allocations": 0, "total_deallocations": 0, "allocation_failures": 0,
+                             "growth_count": 0, "peak_usage": 0}
 
         def teardown(self):
             self.other.close()
@@ -53,19 +68,56 @@ def machine_for(kind, capacity, extra):
         def side(self, which):
             return self.pool if which else self.other
 
+        def hidden(self, which):
+            """Free slots this side cannot see: those in the other attachment's magazine (issue 18)."""
+            return self.side(not which).cached() if threadlocal and MAGAZINES_HIDE_FREE_SLOTS else 0
+
+        def grew(self):
+            """The pool grew when asked to allocate past its capacity, by its strategy, up to max_capacity."""
+            while self.pool.capacity > self.capacity:
+                self.capacity = min(self.capacity + strategy.amount(self.capacity), max_capacity)
+                self.counters["growth_count"] += 1
+            assert self.pool.capacity == self.capacity
+
+        def allocated(self, h, value):
+            assert h is not None
+            assert h not in self.issued, f"handle {h:#x} handed out twice: its slot's generation was not bumped"
+            self.issued.add(h)
+            self.model[h] = value
+            self.counters["total_allocations"] += 1
+            self.counters["peak_usage"] = max(self.counters["peak_usage"], len(self.model))
+            self.grew()
+            return h
+
+        def refused(self, which):
+            """The pool said full: only when every slot it may have (grown to max_capacity) is in the model."""
+            self.grew()
+            full = len(self.model) + self.hidden(which)
+            assert full >= max_capacity or (threadlocal and MAGAZINES_HIDE_FREE_SLOTS and full >= self.capacity), (
+                f"refused with {len(self.model)} of {self.capacity} (max {max_capacity}) slots in the model, "
+                f"{self.hidden(which)} hidden")
+            self.counters["allocation_failures"] += 1
+            return -1  # stands for "no handle"; rules skip it
+
         @rule(target=handles, value=values, which=st.booleans())
         def allocate(self, value, which):
             try:
                 h = self.side(which).allocate(value)
             except PoolExhausted:
-                # a ThreadLocalPool may have free slots cached in the other attachment's magazine
-                assert len(self.model) >= CAPACITY or kind is ThreadLocalPool
-                return -1  # stands for "no handle"; rules skip it
+                return self.refused(which)
             except ValueTooLarge:
                 return -1
-            assert h not in self.model
-            self.model[h] = value
-            return h
+            return self.allocated(h, value)
+
+        @rule(target=handles, value=values, which=st.booleans())
+        def try_allocate(self, value, which):
+            try:
+                h = self.side(which).try_allocate(value)
+            except ValueTooLarge:
+                return -1
+            if h is None:
+                return self.refused(which)
+            return self.allocated(h, value)
 
         @rule(h=handles, which=st.booleans())
         def get(self, h, which):
@@ -81,20 +133,25 @@ def machine_for(kind, capacity, extra):
                 except ValueTooLarge:
                     pass
 
-        @rule(target=released, h=consumes(handles), which=st.booleans())
+        @rule(h=consumes(handles), which=st.booleans())
         def release(self, h, which):
             if h in self.model:
                 self.side(which).release(h)
                 del self.model[h]
-            return h
+                self.stale.append(h)
+                self.counters["total_deallocations"] += 1
 
-        @rule(h=released, which=st.booleans())
-        def stale_handle_is_refused(self, h, which):
-            if h > 0 and h not in self.model:
-                with pytest.raises(StaleHandle):
-                    self.side(which).get(h)
-                with pytest.raises(StaleHandle):
-                    self.side(which).release(h)
+        @precondition(lambda self: self.stale)
+        @rule(data=st.data(), which=st.booleans(), value=values)
+        def stale_handle_is_refused(self, data, which, value):
+            """A released handle stays stale, whether or not its slot was handed out again, on either side."""
+            h = data.draw(st.sampled_from(self.stale))
+            with pytest.raises(StaleHandle):
+                self.side(which).get(h)
+            with pytest.raises((StaleHandle, ValueTooLarge)):
+                self.side(which).set(h, value)
+            with pytest.raises(StaleHandle):
+                self.side(which).release(h)
 
         @rule(garbage=st.integers(-(2**70), 2**70))
         def garbage_is_refused(self, garbage):
@@ -103,22 +160,37 @@ def machine_for(kind, capacity, extra):
                     self.pool.get(garbage)
 
         @precondition(lambda self: self.model)
-        @rule(data=st.data())
-        def batch_release(self, data):
+        @rule(data=st.data(), which=st.booleans())
+        def batch_release(self, data, which):
             chosen = data.draw(st.lists(st.sampled_from(sorted(self.model)), unique=True, max_size=3))
-            self.pool.release_many(chosen)
+            self.side(which).release_many(chosen)
             for h in chosen:
                 del self.model[h]
+                self.stale.append(h)
+            self.counters["total_deallocations"] += len(chosen)
 
         @invariant()
-        def usage_matches_the_model(self):
-            if kind is ThreadLocalPool:
+        def usage_and_counters_match_the_model(self):
+            if threadlocal:
                 # len() adds this attachment's unpublished magazine counts to the shared ones;
                 # the other attachment's reach the shared counters when it publishes.
                 self.other.statistics()
             assert len(self.pool) == len(self.model)
             counts = check_invariants(self.pool)
             assert counts["allocated"] == len(self.model)
+            stats = self.pool.statistics()
+            assert stats.capacity == self.pool.capacity == self.capacity
+            assert stats.current_usage == len(self.model)
+            got = {k: getattr(stats, k) for k in self.counters}
+            expected = dict(self.counters)
+            if threadlocal:
+                # Not exact across attachments today: an allocation from a magazine computes the
+                # peak from the other attachments' usage as of its last refill, so the peak may count
+                # a slot they released meanwhile, or miss one they allocated (found writing this
+                # model; reported with issue 22). Bounded: at least the usage now, at most capacity.
+                assert len(self.model) <= got["peak_usage"] <= self.capacity, got
+                expected["peak_usage"] = got["peak_usage"]
+            assert got == expected
 
     return PoolMachine
 
@@ -137,6 +209,9 @@ KINDS = {
     "growing": (GrowingPool, 2, {"max_capacity": CAPACITY, "growth_strategy": GrowthStrategy.linear(2)}),
     "threadlocal": (ThreadLocalPool, CAPACITY, {"batch_size": 2}),
     "threadsafe": (ThreadSafePool, CAPACITY, {}),
+    # A ThreadLocalPool grows too: refills take slots of new extents into magazines.
+    "threadlocal-growing": (ThreadLocalPool, 2, {"batch_size": 2, "max_capacity": CAPACITY,
+                                                 "growth_strategy": GrowthStrategy.linear(2)}),
 }
 
 

@@ -8,7 +8,6 @@ shared machine. The payload would write a marker file; it must never appear.
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import re
 import shutil
@@ -16,7 +15,6 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -31,6 +29,7 @@ from fastalloc_shm import (
     attach,
     unlink,
 )
+from fastalloc_shm import _layout as L
 
 from . import requirements
 
@@ -185,48 +184,42 @@ def test_exist_ok_compares_the_kind_and_every_field_callables_included(pool_name
         same.close()
 
 
-def _recreate_and_use(name: str, stop, found) -> None:
-    """Create and use pool `name` over and over; count the moments its segment stands without any semaphore."""
-    segment = f"/dev/shm/fastalloc.{name}"
-    broken = 0
-    while not stop.is_set():
-        try:
-            pool = FixedPool.create(name, capacity=2, exist_ok=True)
-        except Exception:  # unlinked between create and attach: the next round tries again
-            continue
-        try:
-            pool.release(pool.allocate(1))
-            before = os.stat(segment).st_ino
-            semaphores = [e for e in os.listdir("/dev/shm") if e.startswith(f"sem.fastalloc.{name}.")]
-            # This process is the only creator and its pool is complete: a segment that stays put
-            # while no semaphore exists is one whose lock an unlinker of an earlier pool removed.
-            if not semaphores and os.stat(segment).st_ino == before:
-                broken += 1
-        except FileNotFoundError:
-            pass  # unlinked meanwhile: fine
-        finally:
-            pool.close()
-    found.put(broken)
+def _semaphores(name: str) -> set[str]:
+    """The /dev/shm entries of every semaphore of pool `name`, whatever incarnation."""
+    return {e for e in os.listdir("/dev/shm") if re.fullmatch(rf"sem\.fastalloc\.{re.escape(name)}\.[0-9a-f]{{16}}\.lock", e)}
 
 
 def test_unlink_removes_only_the_semaphore_of_the_segment_it_removed(make_name):
-    """Finding 9: an unlinker racing a re-creator must never delete the new pool's lock, nor leak one."""
+    """Finding 9: an unlinker racing a re-creator must never delete the new pool's lock, nor leak one.
+
+    The race forced, deterministically: incarnation A's segment is moved aside (as if an unlinker
+    had just removed its name), B is created under the same name, so both semaphores exist. Then
+    unlink(name) must remove B's segment and B's semaphore, named by B's id, and leave A's; once
+    A's segment is back under the name, unlink(name) removes A's segment and A's semaphore."""
     name = make_name()
-    ctx = multiprocessing.get_context("fork")
-    stop, found = ctx.Event(), ctx.Queue()
-    worker = ctx.Process(target=_recreate_and_use, args=(name, stop, found))
-    worker.start()
+    segment, aside = f"/dev/shm/fastalloc.{name}", f"/dev/shm/aside-{name}"
+    first = FixedPool.create(name, capacity=2)
     try:
-        deadline = time.monotonic() + 3.0
-        while time.monotonic() < deadline:
-            unlink(name)
+        (sem_a,) = _semaphores(name)
+        assert sem_a == f"sem.fastalloc.{name}.{first._q[L.HDR_POOL_ID]:016x}.lock"
+        os.rename(segment, aside)
+        with FixedPool.create(name, capacity=2) as second:
+            sem_b = f"sem.fastalloc.{name}.{second._q[L.HDR_POOL_ID]:016x}.lock"
+            assert _semaphores(name) == {sem_a, sem_b}, "two incarnations, two semaphores, told apart by id"
+            second.release(second.allocate("b"))
+            assert unlink(name) is True
+            assert _semaphores(name) == {sem_a}, "unlink removed another incarnation's semaphore, or leaked its own"
+            assert not os.path.exists(segment)
+        first.release(first.allocate("a still works"))  # its lock is still there
+        os.rename(aside, segment)
+        assert unlink(name) is True
+        assert _semaphores(name) == set(), "unlink left the semaphore of the segment it removed"
+        assert not [e for e in os.listdir("/dev/shm") if f"fastalloc.{name}" in e or e == f"aside-{name}"]
     finally:
-        stop.set()
-        broken = found.get(timeout=30)
-        worker.join(timeout=30)
-        unlink(name)
-    assert broken == 0
-    assert not [e for e in os.listdir("/dev/shm") if f"fastalloc.{name}" in e]
+        first.close()
+        if os.path.exists(aside):
+            os.rename(aside, segment)
+            unlink(name)
 
 
 def _sem_file(name: str) -> str:

@@ -6,9 +6,9 @@ import multiprocessing as mp
 import hypothesis.strategies as st
 import pytest
 from hypothesis import HealthCheck, settings
-from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, invariant, rule
+from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, invariant, precondition, rule
 
-from fastalloc_shm import FixedPool, GrowingPool, GrowthStrategy, ThreadLocalPool, unlink
+from fastalloc_shm import FastallocError, FixedPool, GrowingPool, GrowthStrategy, ThreadLocalPool, unlink
 
 from .conftest import RUN_TAG
 from .invariants import check_invariants
@@ -56,8 +56,20 @@ def remote(conn, op, name, *args):
     return result
 
 
+# Issue 18 (open): a ThreadLocalPool's magazine still hides free slots from the other process;
+# the model allows exactly the slots cached in the other process's magazine, nothing more.
+MAGAZINES_HIDE_FREE_SLOTS = True
+
+
 def machine_for(conn, kind, capacity, extra):
+    max_capacity = extra.get("max_capacity", capacity)
+    strategy = extra.get("growth_strategy")
+    threadlocal = kind is ThreadLocalPool
+
     class TwoProcesses(RuleBasedStateMachine):
+        """Every rule picks the process (`here`: this one, else the other) and the model decides
+        what that process must see."""
+
         handles = Bundle("handles")
 
         def __init__(self):
@@ -66,6 +78,11 @@ def machine_for(conn, kind, capacity, extra):
             self.pool = kind.create(self.name, capacity=capacity, slot_size=1024, **extra)
             remote(conn, "attach", self.name)
             self.model = {}
+            self.issued = set()
+            self.stale = []
+            self.capacity = capacity
+            self.counters = {"total_allocations": 0, "total_deallocations": 0, "allocation_failures": 0,
+                             "growth_count": 0}
 
         def teardown(self):
             remote(conn, "close", self.name)
@@ -75,13 +92,39 @@ def machine_for(conn, kind, capacity, extra):
         def run(self, here, op, *args):
             return getattr(self.pool, op)(*args) if here else remote(conn, op, self.name, *args)
 
+        def refused_by(self, here, op, *args) -> str:
+            """Run an operation that must fail; the name of the error (raised here or there)."""
+            try:
+                self.run(here, op, *args)
+            except RuntimeError as exc:  # the other process's error, by type name
+                assert not here, exc
+                return str(exc)
+            except FastallocError as exc:
+                assert here, exc
+                return type(exc).__name__
+            raise AssertionError(f"{op}{args} succeeded in {'this' if here else 'the other'} process")
+
+        def grew(self):
+            while self.pool.capacity > self.capacity:
+                self.capacity = min(self.capacity + strategy.amount(self.capacity), max_capacity)
+                self.counters["growth_count"] += 1
+            assert self.pool.capacity == self.capacity
+
         @rule(target=handles, value=values, here=st.booleans())
         def allocate(self, value, here):
             h = self.run(here, "try_allocate", value)
+            self.grew()
             if h is None:
+                hidden = self.run(not here, "cached") if threadlocal and MAGAZINES_HIDE_FREE_SLOTS else 0
+                assert len(self.model) + hidden >= (self.capacity if hidden else max_capacity), (
+                    f"try_allocate gave None with {len(self.model)} of {self.capacity} slots in the model "
+                    f"(max {max_capacity}), {hidden} in the other process's magazine")
+                self.counters["allocation_failures"] += 1
                 return -1
-            assert h not in self.model
+            assert h not in self.issued, f"handle {h:#x} handed out twice: its slot's generation was not bumped"
+            self.issued.add(h)
             self.model[h] = value
+            self.counters["total_allocations"] += 1
             return h
 
         @rule(h=handles, here=st.booleans())
@@ -100,10 +143,30 @@ def machine_for(conn, kind, capacity, extra):
             if h in self.model:
                 self.run(here, "release", h)
                 del self.model[h]
+                self.stale.append(h)
+                self.counters["total_deallocations"] += 1
+
+        @precondition(lambda self: self.stale)
+        @rule(data=st.data(), here=st.booleans())
+        def stale_handle_is_refused(self, data, here):
+            """A released handle is stale in both processes, whoever released it, reused slot or not."""
+            h = data.draw(st.sampled_from(self.stale))
+            assert self.refused_by(here, "get", h) == "StaleHandle"
+            assert self.refused_by(here, "set", h, {"x": 1}) == "StaleHandle"
+            assert self.refused_by(here, "release", h) == "StaleHandle"
 
         @invariant()
-        def slots_match_the_model(self):
+        def slots_and_counters_match_the_model(self):
+            if threadlocal:
+                remote(conn, "statistics", self.name)  # publishes the other process's magazine counts
             assert check_invariants(self.pool)["allocated"] == len(self.model)
+            for here in (True, False):
+                assert self.run(here, "__len__") == len(self.model)
+                stats = self.run(here, "statistics")
+                assert stats.capacity == self.capacity and stats.current_usage == len(self.model), stats
+                got = {k: getattr(stats, k) for k in self.counters}
+                assert got == self.counters
+                assert stats.peak_usage >= len(self.model)
 
     return TwoProcesses
 
@@ -112,6 +175,8 @@ KINDS = {
     "fixed": (FixedPool, 5, {}),
     "growing": (GrowingPool, 2, {"max_capacity": 8, "growth_strategy": GrowthStrategy.linear(3)}),
     "threadlocal": (ThreadLocalPool, 8, {"batch_size": 2}),
+    "threadlocal-growing": (ThreadLocalPool, 2, {"batch_size": 2, "max_capacity": 8,
+                                                 "growth_strategy": GrowthStrategy.linear(3)}),
 }
 
 
