@@ -21,8 +21,7 @@ import sys
 import threading
 import time
 
-import fastalloc_shm
-from fastalloc_shm import FastallocError, PoolExhausted, attach
+from fastalloc_shm import FastallocError, attach
 from fastalloc_shm import _layout as L
 
 WAIT = 30
@@ -389,8 +388,8 @@ def gated_growth(capacity: int) -> int:
 def fork_grow(name: str) -> dict:
     """Create a GrowingPool; a thread grows it, held inside the growth callback while the main
     thread forks; the forked child lives on (sleeps) while the test grows the pool again."""
-    from tests import review_child as me
     from fastalloc_shm import GrowingPool, GrowthStrategy
+    from tests import review_child as me
 
     pool = GrowingPool.create(name, capacity=2, max_capacity=64, lock_timeout=1.0,
                               growth_strategy=GrowthStrategy.custom(me.gated_growth))

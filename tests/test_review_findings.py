@@ -15,7 +15,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -28,14 +27,13 @@ from fastalloc_shm import (
     FixedPool,
     GrowingPool,
     GrowthStrategy,
-    IncompatiblePool,
     LockTimeout,
     StaleHandle,
     ThreadLocalPool,
     ValueTooLarge,
+    _core,
     attach,
 )
-from fastalloc_shm import _core
 from fastalloc_shm import _layout as L
 from fastalloc_shm._header import encode_config
 
@@ -529,13 +527,13 @@ def test_core_init_called_twice_raises_and_leaks_no_reference(pool_name):
         kw = dict(main_uid=os.getuid(), kind=L.KIND_FIXED, lock_timeout=1.0, batch=1, errors=errors, pack=pack,
                   unpack=unpack, grow=None, start_ticks=0, creating=False, trusted=())
         before = [sys.getrefcount(f) for f in callables]  # kw holds one each, before and after
-        with pytest.raises(Exception):
+        with pytest.raises(RuntimeError, match="initialized once"):
             pool._core.__init__(*args, **kw)  # an open pool's core
-        for bad_buffer in (bytearray(L.HEADER_SIZE + 4096), bytes(L.HEADER_SIZE + 4096)):
+        for bad_buffer, error in ((bytearray(L.HEADER_SIZE + 4096), FastallocError), (bytes(L.HEADER_SIZE + 4096), BufferError)):
             # No header, or not writable: the first __init__ fails half-way, the second is refused.
             bad = (bad_buffer,) + args[1:]
             core = _core.Core.__new__(_core.Core)
-            with pytest.raises(Exception):
+            with pytest.raises(error):
                 core.__init__(*bad, **kw)
             with pytest.raises(RuntimeError, match="initialized once"):
                 core.__init__(*bad, **kw)

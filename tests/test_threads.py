@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from fastalloc_shm import FastallocError, FixedPool, PoolExhausted, ThreadLocalPool, ThreadSafePool
+from fastalloc_shm import FixedPool, PoolExhausted, ThreadLocalPool, ThreadSafePool
 
 from .invariants import check_invariants
 from .test_crash import Child
