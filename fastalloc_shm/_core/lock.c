@@ -84,12 +84,11 @@ static int lock_taken(Core *c, int rc, int reclaim, LockInfo *info, Failure *f)
     return 0;
 }
 
-/* Take the pool mutex within `timeout` s, repairing with `reclaim` if a repair
- * is owed. 0 held; -1 exception set (nothing held). */
-static int core_lock_for(Core *c, double timeout, int reclaim, LockInfo *info)
+
+/* The rest of an acquisition whose first trylock returned `rc`. */
+static int lock_after_trylock(Core *c, int rc, double timeout, int reclaim, LockInfo *info)
 {
-    memset(info, 0, sizeof *info);
-    int rc = pthread_mutex_trylock(c->mutex);
+    info->repaired = info->dead_holder = 0;
     if (rc == EBUSY || rc == EDEADLK) {
         double started = monotonic_now(), deadline = started + timeout;
         if (c->spin_limit) {
@@ -143,10 +142,25 @@ static int core_lock_for(Core *c, double timeout, int reclaim, LockInfo *info)
     return 0;
 }
 
+/* Take the pool mutex within `timeout` s, repairing with `reclaim` if a repair
+ * is owed. 0 held; -1 exception set (nothing held). */
+static int core_lock_for(Core *c, double timeout, int reclaim, LockInfo *info)
+{
+    return lock_after_trylock(c, pthread_mutex_trylock(c->mutex), timeout, reclaim, info);
+}
+
+/* The hot path's acquisition: free, and no repair owed, inline. */
 static inline int core_lock(Core *c)
 {
+    int rc = pthread_mutex_trylock(c->mutex);
+    if (__builtin_expect(rc == 0 && !LOAD(&c->hdr[HDR_REPAIR_PENDING]), 1)) {
+        c->hdr[HDR_LOCK_HOLDER] = (uint64_t)c->pid;
+        c->hdr[HDR_LOCK_ACQUISITIONS]++;
+        FAULT(F_LOCK_ACQUIRED);
+        return 0;
+    }
     LockInfo info;
-    return core_lock_for(c, c->lock_timeout, c->reclaim, &info);
+    return lock_after_trylock(c, rc, c->lock_timeout, c->reclaim, &info);
 }
 
 /* The lock if it is free now: 1 held, 0 not (busy, or a failure: nothing raised). */
@@ -155,7 +169,8 @@ static int core_trylock(Core *c)
     int rc = pthread_mutex_trylock(c->mutex);
     if (rc != 0 && rc != EOWNERDEAD)
         return 0;
-    LockInfo info = {0};
+    LockInfo info;
+    info.repaired = info.dead_holder = 0;
     Failure f = {0};
     return lock_taken(c, rc, c->reclaim, &info, &f) == 0;
 }
