@@ -104,8 +104,8 @@ static PyObject *slot_states_impl(Core *c)
         return NULL;
     for (int k = 0; k < c->n_ext; k++) {
         Extent *e = &c->ext[k];
-        uint32_t *w = ext_words(e);
-        uint32_t fresh = LOAD(&w[EXT_FRESH]);
+        /* Words read before anything allocates (a collection can run Python code). */
+        uint32_t fresh = LOAD(&ext_words(e)[EXT_FRESH]), at = LOAD(&ext_words(e)[EXT_HEAD]);
         if (fresh > e->cap)
             fresh = e->cap;
         PyObject *slots = PyList_New(fresh);
@@ -127,7 +127,6 @@ static PyObject *slot_states_impl(Core *c)
         }
         /* Walk the free list, bounded by capacity, so a cycle cannot hang a test. */
         PyObject *listed = PyList_New(0);
-        uint32_t at = LOAD(&w[EXT_HEAD]);
         for (uint32_t steps = 0; listed && at && at <= fresh && steps <= e->cap; steps++) {
             PyObject *i = PyLong_FromUnsignedLong(at - 1);
             if (!i || PyList_Append(listed, i) < 0) {
