@@ -168,3 +168,23 @@ def test_close_with_the_lock_stuck_leaves_the_magazine_to_recovery(tmp_path, poo
         report = keeper.recover()
         assert report.cached_returned == 4 and len(keeper) == 0
         assert keeper._core.semaphore_value == 16
+
+
+def test_a_wrap_that_cannot_get_the_lock_claims_nothing(tmp_path, pool_name):
+    """The repair before a wrap needs the lock: a claimer that times out waiting leaves the entry unclaimed."""
+    from fastalloc_shm import LockTimeout
+
+    from .test_unit_lock import Holder
+
+    with FixedPool.create(pool_name, capacity=8, lock_timeout=0.2) as pool:
+        holder = Holder(tmp_path, pool_name, "stop")  # entry 1: the wrap is set up on entry 2
+        try:
+            at = L.CLIENT_TABLE_OFFSET + 2 * L.CLIENT_BYTES
+            struct.pack_into("<2I", pool._segment.mm, at, 0, (1 << L.INCARNATION_BITS) - 1)
+            with pytest.raises(LockTimeout):
+                attach(pool_name)
+            assert entry_words(pool, 2) == (0, (1 << L.INCARNATION_BITS) - 1), "a claim without its repair"
+        finally:
+            holder.kill()
+        with attach(pool_name) as other:
+            assert other._core.entry in (1, 2)

@@ -202,3 +202,14 @@ def test_recovery_point_mid_rebuild_kill_leaves_a_repair_owed(tmp_path, pool_nam
         assert report.lock_taken_over
         assert struct.unpack_from("<Q", pool._segment.mm, 8 * L.HDR_REPAIR_PENDING)[0] == 0
         assert [pool.get(h) for h in handles] == list(range(8)) and len(pool) == 8
+
+
+def test_a_slot_being_written_by_a_live_owner_is_left_alone(pool):
+    h = pool.allocate("mine")
+    g = h >> 32
+    forge(pool, 0, gen=g | L.UNREADABLE, state=L.WRITING)  # as if this process were writing it now
+    report = pool.recover(orphan_policy="reclaim")
+    assert report.half_written_freed == 0 and not report.free_list_rebuilt
+    assert slot(pool, 0)[1:3] == (L.WRITING, pool._core.entry) and len(pool) == 1
+    forge(pool, 0, gen=g, state=L.ALLOCATED)
+    assert pool.get(h) == "mine"
