@@ -26,10 +26,11 @@ _POOL_COUNTERS = (
     ("fastalloc_pool_deallocations", "Releases, including slots freed by recovery.", "total_deallocations", 1),
     ("fastalloc_pool_allocation_failures", "Allocations refused because the pool was full.", "allocation_failures", 1),
     ("fastalloc_pool_growths", "Times the pool grew.", "growth_count", 1),
-    ("fastalloc_pool_lock_acquisitions", "Times a process took the pool's semaphore.", "lock_acquisitions", 1),
+    ("fastalloc_pool_lock_acquisitions", "Times a process took the pool's lock.", "lock_acquisitions", 1),
     ("fastalloc_pool_lock_wait_seconds", "Time spent waiting for a contended lock.", "lock_wait_ns", 1e-9),
     ("fastalloc_pool_lock_timeouts", "Lock waits that gave up after lock_timeout.", "lock_timeouts", 1),
     ("fastalloc_pool_recoveries", "Repairs after a dead process.", "recoveries", 1),
+    ("fastalloc_pool_steals", "Slots taken from another process's magazine (ThreadLocalPool).", "steals", 1),
 )
 
 

@@ -49,6 +49,9 @@ HDR_LOCK_TIMEOUTS: int = _T["HDR_LOCK_TIMEOUTS"]
 HDR_RECOVERIES: int = _T["HDR_RECOVERIES"]
 HDR_IN_USE: int = _T["HDR_IN_USE"]
 HDR_REPAIR_PENDING: int = _T["HDR_REPAIR_PENDING"]
+HDR_WAITERS: int = _T["HDR_WAITERS"]
+HDR_STEAL_CURSOR: int = _T["HDR_STEAL_CURSOR"]
+HDR_STEALS: int = _T["HDR_STEALS"]
 HDR_WORDS: int = _T["HDR_WORDS"]
 
 # The mutex, the extent table, the config record, the client table.

@@ -33,13 +33,16 @@ class PoolStatistics:
     growth_count: int = 0
     """Times the pool grew."""
     lock_acquisitions: int = 0
-    """Times a process took the pool's semaphore."""
+    """Times a process took the pool's lock."""
     lock_wait_ns: int = 0
     """Nanoseconds spent waiting for a contended lock."""
     lock_timeouts: int = 0
     """Lock waits that gave up after lock_timeout."""
     recoveries: int = 0
     """Repairs after a dead process (lock takeovers and recover() calls that fixed something)."""
+    steals: int = 0
+    """ThreadLocalPool: slots an allocator took from another process's magazine because the free
+    lists were empty (a magazine never hides a free slot); 0 for the other kinds."""
 
     def utilization_rate(self) -> float:
         """Percent of capacity in use now (0-100)."""
@@ -76,5 +79,6 @@ class PoolStatistics:
                 f"lock wait           {self.lock_wait_ns / 1e6:>14,.3f} ms",
                 f"lock timeouts       {self.lock_timeouts:>14,}",
                 f"recoveries          {self.recoveries:>14,}",
+                f"steals              {self.steals:>14,}",
             ]
         )

@@ -38,7 +38,7 @@ def main() -> None:
     handles = [int(h) for h in handles]
     pool = attach(name)
     begin(op)
-    if op in ("allocate", "grow"):  # "grow": the test filled the pool, so this allocate grows it
+    if op in ("allocate", "grow", "steal"):  # "grow"/"steal": the test filled the pool, so this allocate grows it or steals
         pool.allocate(value(0))
     elif op == "allocate_many":
         pool.allocate_many([value(n) for n in range(3)])

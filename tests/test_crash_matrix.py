@@ -81,8 +81,12 @@ GROW = (("grow.created", 1), ("lock.acquired", 2), ("lock.released", 2))
 
 SHARED_LIST_OPS = [("allocate", ALLOCATE), ("release", RELEASE), ("set", SET), ("allocate_many", TAKE_MANY),
                    ("release_many", RELEASE_MANY), ("recover", RECOVER), ("reset_statistics", RESET)]
+# A ThreadLocalPool's allocate: a refill under the lock, then the pop claims the top slot (CAS) and writes it.
+MAGAZINE_ALLOCATE = (("lock.acquired", 1), ("batch.taking", 1), ("lock.released", 1), ("magazine.claimed", 1),
+                     ("alloc.writing", 1))
 THREADLOCAL_OPS = [
-    ("allocate", TAKE_MANY),  # a magazine refill
+    ("allocate", MAGAZINE_ALLOCATE),
+    ("steal", (("steal.claimed", 1),)),  # free lists empty: the refill takes a slot from the survivor's magazine
     ("release", (("magazine.release", 1),)),  # lock-free, into the child's magazine
     ("cycle", (("batch.releasing", 1),)),  # the magazine overflows and drains (under the lock)
     ("set", SET),
@@ -98,7 +102,7 @@ CASES += [("threadlocal", op, point, n) for op, points in THREADLOCAL_OPS for po
 
 # Points at which the child holds the pool lock: its death there must be repaired by the next locker.
 IN_LOCK = {"lock.acquired", "alloc.marked", "alloc.popped", "release.freed", "release.pushed", "set.claimed",
-           "set.writing", "batch.taking", "batch.releasing", "recover.rebuilding"}
+           "set.writing", "batch.taking", "batch.releasing", "recover.rebuilding", "steal.claimed"}
 # Points after a release took effect: the handles released are stale.
 RELEASED_AT = {"release.freed", "release.pushed", "lock.released", "magazine.release", "batch.releasing"}
 
@@ -194,7 +198,20 @@ def check_what_the_point_left(pool, kind, op, point, n, s0: Snapshot, s1: Snapsh
             assert (s1.extents, s1.capacity, s1.growths) == (s0.extents, s0.capacity, s0.growths), (
                 f"{where}: the header records a growth that was not committed")
         return
-    if op in ("allocate", "allocate_many") and point != "lock.acquired" and point != "alloc.token":
+    if op == "steal":
+        (i,) = moved
+        assert s0.slots[i][1] == L.CACHED and s0.slots[i][2] != child and cached == {i}, (
+            f"{where}: slot {i} went {s0.slots[i]} -> {s1.slots[i]}, not from another magazine into the child's")
+        assert s0.slots[i][0] == s1.slots[i][0], f"{where}: a steal changed slot {i}'s generation"
+        return
+    magazine_claimed = kind.startswith("threadlocal") and op == "allocate" and point in ("magazine.claimed",
+                                                                                         "alloc.writing")
+    if magazine_claimed:
+        # The refill cached two slots; the pop claimed the top one for writing.
+        assert len(writing) == 1 and len(cached) == 1 and moved == writing | cached, (
+            f"{where}: the child's slots being written {sorted(writing)}, cached {sorted(cached)}")
+        assert all(s1.slots[i][0] & L.UNREADABLE for i in moved), f"{where}: a slot is readable before its value"
+    elif op in ("allocate", "allocate_many") and point != "lock.acquired" and point != "alloc.token":
         threadlocal = kind.startswith("threadlocal")
         state, mine = (L.CACHED, cached) if threadlocal and op == "allocate" else (L.WRITING, writing)
         taken = {"alloc.marked": 1, "alloc.popped": 1, "batch.taking": 1}.get(
@@ -263,7 +280,8 @@ def settle_victim(pool, op: str, point: str, handle: int, before) -> object:
 def test_kill_at_fault_point_then_survive_recover_and_lose_nothing(pool_name, tmp_path, kind, op, point, n):
     with make_pool(kind, pool_name) as pool:
         held: dict[int, object] = {}
-        for k in range(pool.capacity if op == "grow" or kind == "growing" else 3):  # a GrowingPool: extent 0 full
+        # A GrowingPool: extent 0 full. "steal": every slot taken, one back in the survivor's magazine.
+        for k in range(pool.capacity - (op == "steal") if op in ("grow", "steal") or kind == "growing" else 3):
             allocate(pool, held, k)
         if op != "grow":
             if kind == "growing":

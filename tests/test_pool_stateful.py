@@ -33,13 +33,6 @@ values = st.recursive(
 _names = itertools.count()
 
 
-# Issue 18 (open): a ThreadLocalPool's magazine still hides free slots from other attachments, so
-# there PoolExhausted may come while free slots sit in the *other* attachment's magazine, and
-# growth may happen meanwhile. The model allows exactly those slots and nothing more; when
-# issue 18 lands this becomes False and the model is as strict for ThreadLocalPool as for the rest.
-MAGAZINES_HIDE_FREE_SLOTS = True
-
-
 def machine_for(kind, capacity, extra):
     max_capacity = extra.get("max_capacity", capacity)
     strategy = extra.get("growth_strategy")
@@ -68,10 +61,6 @@ def machine_for(kind, capacity, extra):
         def side(self, which):
             return self.pool if which else self.other
 
-        def hidden(self, which):
-            """Free slots this side cannot see: those in the other attachment's magazine (issue 18)."""
-            return self.side(not which).cached() if threadlocal and MAGAZINES_HIDE_FREE_SLOTS else 0
-
         def grew(self):
             """The pool grew when asked to allocate past its capacity, by its strategy, up to max_capacity."""
             while self.pool.capacity > self.capacity:
@@ -92,10 +81,9 @@ def machine_for(kind, capacity, extra):
         def refused(self, which):
             """The pool said full: only when every slot it may have (grown to max_capacity) is in the model."""
             self.grew()
-            full = len(self.model) + self.hidden(which)
-            assert full >= max_capacity or (threadlocal and MAGAZINES_HIDE_FREE_SLOTS and full >= self.capacity), (
-                f"refused with {len(self.model)} of {self.capacity} (max {max_capacity}) slots in the model, "
-                f"{self.hidden(which)} hidden")
+            # A magazine hides no free slot (issue 18): every kind is full only when every slot is in the model.
+            assert len(self.model) >= max_capacity, (
+                f"refused with {len(self.model)} of {self.capacity} (max {max_capacity}) slots in the model")
             self.counters["allocation_failures"] += 1
             return -1  # stands for "no handle"; rules skip it
 

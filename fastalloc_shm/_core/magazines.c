@@ -11,6 +11,12 @@
  * has succeeded never waits for, or fails on, the drain after it (that drain
  * waits for a later release, or close()).
  *
+ * A magazine never hides a free slot: an allocator that finds the free lists
+ * empty steals cached slots from other processes' magazines (slots.c), so the
+ * owner's pop claims its slot by CAS (CACHED|me -> WRITING|me) and drops an
+ * index a thief took. A release into a magazine while an allocator waits for
+ * a slot posts a token to wake it.
+ *
  * Threads of the process share the magazine; every touch holds the GIL, and
  * code that released it (a lock wait) looks at the magazine afresh after.
  */
@@ -114,17 +120,38 @@ static void drain_if_free(Core *c, Py_ssize_t count)
     tokens_post(c, given);
 }
 
-static PyObject *magazine_allocate(Core *c, const Packed *p)
+/* Claim the top of the magazine for writing: CACHED|me -> WRITING|me by CAS, the
+ * same CAS a thief makes (slots.c, steal_locked); an index a thief took is
+ * dropped. 1 claimed (*e, *local; popped), 0 the magazine is empty. */
+static int magazine_claim(Core *c, Extent **ep, uint32_t *local)
 {
-    uint32_t index = c->mag[c->mag_len - 1];
-    uint32_t local;
-    Extent *e = locate(c, index, &local);
-    if (!e)
-        return raise_damaged(c, "a magazine slot is outside the pool");
+    uint32_t cached = (CACHED << STATE_SHIFT) | c->owner;
+    while (c->mag_len) {
+        Extent *e = locate(c, c->mag[c->mag_len - 1], local);
+        c->mag_len--;
+        if (!e)
+            continue; /* cannot be: our own index; dropped rather than trusted */
+        uint64_t *m = (uint64_t *)meta_of(e, *local);
+        uint64_t cur = LOAD(m);
+        if ((uint32_t)(cur >> 32) == cached && CAS(m, &cur, pair((uint32_t)cur, (WRITING << STATE_SHIFT) | c->owner))) {
+            FAULT(F_MAGAZINE_CLAIMED);
+            *ep = e;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* Publish a claimed magazine slot. NULL only when out of memory: the slot goes back on top. */
+static PyObject *magazine_publish(Core *c, Extent *e, uint32_t local, const Packed *p)
+{
     PyObject *h = handle_of_taken(e, local);
-    if (!h)
-        return NULL; /* still in the magazine */
-    c->mag_len--;
+    if (!h) {
+        uint64_t *m = (uint64_t *)meta_of(e, local);
+        STORE(m, pair((uint32_t)LOAD(m), (CACHED << STATE_SHIFT) | c->owner));
+        c->mag[c->mag_len++] = (uint32_t)(e->first + local);
+        return NULL;
+    }
     uint64_t *mine = c->my_entry;
     mine[CLIENT_ALLOCATIONS]++;
     int64_t used = (int64_t)(LOAD(&c->hdr[HDR_IN_USE]) + (mine[CLIENT_ALLOCATIONS] - mine[CLIENT_DEALLOCATIONS])
@@ -141,14 +168,19 @@ static PyObject *magazine_release(Core *c, PyObject *h, Extent *e, uint32_t loca
     int busy = 0;
     if (magazine_reserve(c, c->mag_len + 1) < 0)
         return NULL;
+    /* Counted before the claim: a thief that reads the counts while the slot is already
+     * cached must not take the pool for full (it would skip the scan); undone if the claim fails. */
+    c->my_entry[CLIENT_DEALLOCATIONS]++;
     if (claim_release(m, gen, (CACHED << STATE_SHIFT) | c->owner, &busy)) {
         FAULT(F_MAGAZINE_RELEASE);
         c->mag[c->mag_len++] = (uint32_t)(e->first + local);
-        c->my_entry[CLIENT_DEALLOCATIONS]++;
+        if (LOAD(&c->hdr[HDR_WAITERS]))
+            tokens_post(c, 1); /* an allocator waits for a slot: wake it, it steals this one */
         if (c->mag_len > 2 * (Py_ssize_t)c->batch)
             drain_if_free(c, c->mag_len - c->batch);
         Py_RETURN_NONE;
     }
+    c->my_entry[CLIENT_DEALLOCATIONS]--;
     if (!busy)
         return raise_not_live(c, h, m, gen);
     /* A set() holds the slot: wait for it under the lock (which also repairs after

@@ -49,8 +49,9 @@ static PyObject *allocate_impl(Core *c, PyObject *const *args, Py_ssize_t nargs,
     if (pack_checked(c, value, &p) < 0)
         return NULL;
     PyObject *h = NULL;
+    Taken t;
     int from_magazine = c->kind == KIND_THREADLOCAL;
-    if (from_magazine && c->mag_len == 0) {
+    while (from_magazine && !magazine_claim(c, &t.e, &t.local)) {
         int r = refill(c);
         if (r == -2 && timeout > 0)
             from_magazine = 0; /* full, with a deadline: wait for one slot as any pool does */
@@ -61,10 +62,9 @@ static PyObject *allocate_impl(Core *c, PyObject *const *args, Py_ssize_t nargs,
             return NULL;
         }
     }
-    if (from_magazine && c->mag_len) {
-        h = magazine_allocate(c, &p);
+    if (from_magazine) {
+        h = magazine_publish(c, t.e, t.local, &p);
     } else {
-        Taken t;
         if (take_for_allocate(c, timeout, &t.e, &t.local, WRITING) == 1) {
             h = handle_of_taken(t.e, t.local);
             if (h)

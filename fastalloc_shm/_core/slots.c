@@ -238,6 +238,56 @@ static PyObject *raise_not_live(Core *c, PyObject *h, const uint32_t *m, uint32_
 
 /* ---- taking slots for new values ---- */
 
+/* Slots allocated now, every process's lock-free counts included. */
+static int64_t slots_in_use(const Core *c)
+{
+    uint64_t sum = LOAD(&c->hdr[HDR_IN_USE]);
+    for (int i = 0; i < MAX_CLIENTS; i++) {
+        const uint64_t *cw = client_words(c, i);
+        sum += LOAD(&cw[CLIENT_ALLOCATIONS]) - LOAD(&cw[CLIENT_DEALLOCATIONS]);
+    }
+    return (int64_t)sum;
+}
+
+/* Take up to `want` slots that other processes' magazines hold (lock held; the free
+ * lists are empty). A magazine's slot is CACHED by its owner; the thief claims it by
+ * CAS (CACHED|owner -> state|me), the same CAS the owner's lock-free pop makes, so
+ * exactly one of them gets it, and the owner skips what was taken. A drain, the
+ * only other writer of a cached slot, holds the lock as the thief does. The scan
+ * resumes where the last one stopped, and runs only while the counts say some
+ * slot is free (capacity above the slots in use): a full pool costs no scan. */
+static Py_ssize_t steal_locked(Core *c, uint32_t state, Taken *t, Py_ssize_t want)
+{
+    uint64_t capacity = c->ext[c->n_ext - 1].first + c->ext[c->n_ext - 1].cap;
+    int64_t in_use = slots_in_use(c);
+    if (c->kind != KIND_THREADLOCAL || want <= 0 || in_use >= (int64_t)capacity)
+        return 0;
+    uint64_t index = c->hdr[HDR_STEAL_CURSOR];
+    if (index >= capacity)
+        index = 0;
+    Py_ssize_t n = 0;
+    uint32_t mine = c->owner;
+    for (uint64_t scanned = 0; scanned < capacity && n < want; scanned++, index = index + 1 == capacity ? 0 : index + 1) {
+        uint32_t local;
+        Extent *e = locate(c, index, &local);
+        if (!e)
+            break;
+        uint64_t *m = (uint64_t *)meta_of(e, local);
+        uint64_t cur = LOAD_ACQ(m);
+        uint32_t w = (uint32_t)(cur >> 32);
+        if (state_of(w) != CACHED || owner_of(w) == mine
+            || !CAS(m, &cur, pair((uint32_t)cur, (state << STATE_SHIFT) | mine)))
+            continue;
+        FAULT(F_STEAL_CLAIMED);
+        t[n].e = e;
+        t[n].local = local;
+        n++;
+    }
+    c->hdr[HDR_STEAL_CURSOR] = index;
+    c->hdr[HDR_STEALS] += (uint64_t)n;
+    return n;
+}
+
 static PyObject *exhausted(Core *c, Py_ssize_t wanted)
 {
     /* One per slot refused, as total_allocations counts one per slot (RedisPool too). */
@@ -261,6 +311,14 @@ static int take_for_allocate(Core *c, double timeout, Extent **ep, uint32_t *loc
         }
         Failure f = {0};
         int got = take_one(c, state, ep, local, &f);
+        if (got == 0) {
+            Taken stolen;
+            if (steal_locked(c, state, &stolen, 1) == 1) {
+                *ep = stolen.e;
+                *local = stolen.local;
+                got = 1;
+            }
+        }
         if (got == 1) {
             if (state == WRITING)
                 count_allocations(c, 1);
@@ -289,7 +347,10 @@ static int take_for_allocate(Core *c, double timeout, Extent **ep, uint32_t *loc
             exhausted(c, 1);
             return -1;
         }
+        /* Counted as a waiter: a release into a magazine then posts a token to wake us. */
+        __atomic_fetch_add(&c->hdr[HDR_WAITERS], 1, __ATOMIC_SEQ_CST);
         int waited = token_wait_slice(c, deadline);
+        __atomic_fetch_sub(&c->hdr[HDR_WAITERS], 1, __ATOMIC_SEQ_CST);
         if (waited < 0)
             return -1;
         if (waited == 1)
@@ -311,15 +372,20 @@ static Py_ssize_t take_many(Core *c, Py_ssize_t count, Py_ssize_t minimum, uint3
             n++;
             FAULT(F_BATCH_TAKING);
         }
+        Py_ssize_t listed = n; /* from the free lists: each had a token */
+        if (got == 0)
+            n += steal_locked(c, state, t + n, count - n);
         if (got >= 0 && n >= minimum) {
             if (state == WRITING)
                 count_allocations(c, (uint64_t)n);
             core_unlock(c);
-            tokens_take(c, n);
+            tokens_take(c, listed);
             return n;
         }
         unwind_locked(c, t, n);
         core_unlock(c);
+        if (n > listed)
+            tokens_post(c, n - listed); /* stolen slots went to the free lists */
         if (got < 0) {
             raise_failure(c, &f);
             return -1;

@@ -27,7 +27,7 @@ static PyObject *counters_impl(Core *c)
     uint64_t peak = LOAD(&h[HDR_PEAK]);
     if ((uint64_t)in_use > peak)
         peak = (uint64_t)in_use;
-    return Py_BuildValue("{s:K,s:L,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:n}", "capacity",
+    return Py_BuildValue("{s:K,s:L,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:n}", "capacity",
                          (unsigned long long)LOAD(&h[HDR_CAPACITY]), "current_usage", (long long)in_use, "peak_usage",
                          (unsigned long long)peak, "total_allocations", (unsigned long long)allocs, "total_deallocations",
                          (unsigned long long)deallocs, "allocation_failures", (unsigned long long)LOAD(&h[HDR_FAILURES]),
@@ -35,17 +35,13 @@ static PyObject *counters_impl(Core *c)
                          (unsigned long long)LOAD(&h[HDR_LOCK_ACQUISITIONS]), "lock_wait_ns",
                          (unsigned long long)LOAD(&h[HDR_LOCK_WAIT_NS]), "lock_timeouts",
                          (unsigned long long)LOAD(&h[HDR_LOCK_TIMEOUTS]), "recoveries",
-                         (unsigned long long)LOAD(&h[HDR_RECOVERIES]), "cached", c->mag_len);
+                         (unsigned long long)LOAD(&h[HDR_RECOVERIES]), "steals", (unsigned long long)LOAD(&h[HDR_STEALS]),
+                         "cached", c->mag_len);
 }
 
 static PyObject *len_impl(Core *c)
 {
-    uint64_t sum = LOAD(&c->hdr[HDR_IN_USE]);
-    for (int i = 0; i < MAX_CLIENTS; i++) {
-        uint64_t *cw = client_words(c, i);
-        sum += LOAD(&cw[CLIENT_ALLOCATIONS]) - LOAD(&cw[CLIENT_DEALLOCATIONS]);
-    }
-    int64_t in_use = (int64_t)sum;
+    int64_t in_use = slots_in_use(c);
     return PyLong_FromLongLong(in_use > 0 ? in_use : 0);
 }
 
@@ -66,7 +62,7 @@ static PyObject *reset_statistics_impl(Core *c)
     /* Entries' counts are their owners' to write; offset the header by them instead. */
     h[HDR_ALLOCATIONS] = (uint64_t)0 - live_a;
     h[HDR_DEALLOCATIONS] = (uint64_t)0 - live_d;
-    h[HDR_FAILURES] = h[HDR_GROWTHS] = h[HDR_LOCK_WAIT_NS] = h[HDR_LOCK_TIMEOUTS] = h[HDR_RECOVERIES] = 0;
+    h[HDR_FAILURES] = h[HDR_GROWTHS] = h[HDR_LOCK_WAIT_NS] = h[HDR_LOCK_TIMEOUTS] = h[HDR_RECOVERIES] = h[HDR_STEALS] = 0;
     h[HDR_LOCK_ACQUISITIONS] = 0;
     h[HDR_PEAK] = in_use > 0 ? (uint64_t)in_use : 0;
     core_unlock(c);
