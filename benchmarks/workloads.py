@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import multiprocessing
+import multiprocessing.connection
 import os
 import re
 from collections.abc import Callable
@@ -265,6 +266,79 @@ def step_mp(system: str, session, nprocs: int) -> list[dict]:
                 **({"first_error": first_error} if first_error else {}))]
 
 
+# -- producer and consumers (issue 18) -------------------------------------------------------
+
+PRODCONS_CAPACITY = 64
+PRODCONS_IN_FLIGHT = 48  # handles out at once: below capacity, so any PoolExhausted is a wrong answer
+PRODCONS_BATCH = 8  # handles per message, so the pipe costs less than the pool
+
+
+def _prodcons_consumer(spec, handles, acks) -> None:
+    """Release every handle it is sent; acknowledge each batch with its length."""
+    pool = library.PoolStore.attach(spec)
+    try:
+        while (batch := handles.recv()) is not None:
+            for h in batch:
+                pool.release(h)
+            acks.send(len(batch))
+    finally:
+        pool.close()
+
+
+def step_prodcons(system: str, session) -> list[dict]:
+    """1 producer allocating 100 B bytes, 2 consumer processes releasing: items per second, and the
+    PoolExhausted answers with fewer than capacity slots allocated (at most PRODCONS_IN_FLIGHT are)."""
+    import fastalloc_shm
+
+    ctx = multiprocessing.get_context("fork")
+    value = VALUES["bytes100"]
+    store = library.PoolStore.create(system, session.name(), PRODCONS_CAPACITY, SLOT_SIZES["bytes100"])
+    pipes = [ctx.Pipe() for _ in range(2)]
+    consumers = [ctx.Process(target=_prodcons_consumer, args=(store.worker_spec(), theirs, theirs), daemon=True)
+                 for _, theirs in pipes]
+    try:
+        for c in consumers:
+            c.start()
+        ends = [mine for mine, _ in pipes]
+        alloc, refused, sent, acked = store.allocate, 0, 0, 0
+        budget, batch, turn = int(session.settings.mp_seconds * 1e9), [], 0
+        t0 = t1 = clock()
+        while t1 - t0 < budget:
+            for _ in range(64):
+                while sent - acked >= PRODCONS_IN_FLIGHT:
+                    acked += sum(end.recv() for end in ends if end.poll())
+                try:
+                    batch.append(alloc(value))
+                except fastalloc_shm.PoolExhausted:
+                    refused += 1  # fewer than capacity allocated: a magazine hid a free slot
+                    continue
+                sent += 1
+                if len(batch) == PRODCONS_BATCH:
+                    ends[turn].send(batch)
+                    batch, turn = [], 1 - turn
+            t1 = clock()
+        if batch:
+            ends[turn].send(batch)
+        while acked < sent:
+            ready = multiprocessing.connection.wait(ends, WORKER_TIMEOUT)
+            if not ready:
+                raise RuntimeError(f"consumers acknowledged {acked} of {sent} items")
+            acked += sum(end.recv() for end in ready)
+        t1 = clock()
+        for end in ends:
+            end.send(None)
+        for c in consumers:
+            c.join(WORKER_TIMEOUT)
+        stats = store.pool.statistics()
+    finally:
+        for c in consumers:
+            if c.is_alive():
+                c.kill()
+        store.close()
+    return [row(system, "prodcons", [sent / (t1 - t0) * 1e9], "items/s", refused_below_capacity=refused,
+                steals=stats.steals, lock_acquisitions_per_item=stats.lock_acquisitions / max(sent, 1))]
+
+
 # -- memory of an attached worker ------------------------------------------------------------
 
 
@@ -448,6 +522,7 @@ def _overhead(system: str, session, size: int) -> float:
 # -- the plan --------------------------------------------------------------------------------
 
 OVERHEAD_PEERS = ("Redis", "LMDB")
+PRODCONS_KINDS = ("FixedPool", "ThreadLocalPool")
 
 
 def plan(system: systems.System, settings) -> list[tuple[str, Callable]]:
@@ -467,6 +542,8 @@ def plan(system: systems.System, settings) -> list[tuple[str, Callable]]:
                 steps.append((label, partial(step_create, capacity=capacity, eager=eager)))
     if system.name in ("GrowingPool", "floor-py"):
         steps.append(("grow/1000", step_grow))
+    if system.name in PRODCONS_KINDS:
+        steps.append(("prodcons", step_prodcons))
     if system.group in ("library", "floor") or system.name in OVERHEAD_PEERS:
         steps.append(("overhead", step_overhead))
     return steps
