@@ -33,7 +33,8 @@ clean:
 # a copy of the package and its tests whose _core is the instrumented build.
 ASAN_DIR := build/asan
 ASAN_TESTS := tests/test_fuzz_segment.py tests/test_layout.py tests/test_contract.py tests/test_bad_input.py \
-	tests/test_crash_matrix.py tests/test_lock_soundness.py tests/test_kinds.py tests/test_torn_reads.py tests/test_threads.py
+	tests/test_crash_matrix.py tests/test_lock_soundness.py tests/test_kinds.py tests/test_torn_reads.py tests/test_threads.py \
+	tests/test_thread_races.py tests/test_review_findings.py tests/test_repair_crash.py
 test-asan: $(STAMP)
 	rm -rf $(ASAN_DIR) && mkdir -p $(ASAN_DIR)
 	cp -r fastalloc_shm tests pyproject.toml README.md $(ASAN_DIR)/ && rm -f $(ASAN_DIR)/fastalloc_shm/*.so
@@ -46,6 +47,18 @@ test-asan: $(STAMP)
 	FASTALLOC_EXPECT_CORE=$(CURDIR)/$(ASAN_DIR)/fastalloc_shm \
 	$(CURDIR)/$(BIN)/python -m pytest -q -p no:cacheprovider $(ASAN_TESTS) -k "not RedisPool" \
 	|| { cat $(ASAN_DIR)/report.* 2>/dev/null; exit 1; }
+	# A short coverage-guided fuzz of the core on its ASan build (tools/fuzz_core.py; `make fuzz` runs long).
+	$(BIN)/python tools/fuzz_core.py -atheris_runs=60000 -max_total_time=25 -print_final_stats=1 >$(ASAN_DIR)/fuzz.log 2>&1; \
+	rc=$$?; grep -v -e '^#.*\(NEW\|REDUCE\|pulse\) ' $(ASAN_DIR)/fuzz.log | tail -n 60; exit $$rc
+
+# Coverage-guided fuzzing of the core for FUZZ_TIME seconds: tools/fuzz_core.py (atheris's libFuzzer on the
+# ASan + UBSan build, segment bytes and a script of every operation per input). The corpus grows in
+# build/fuzz/corpus; a finding is saved as build/fuzz/crash-* (or timeout-*), replayed by
+# `python tools/fuzz_core.py build/fuzz/crash-<sha>`. The last long run's figures: tools/fuzz_core.py.
+.PHONY: fuzz
+FUZZ_TIME ?= 600
+fuzz: $(STAMP)
+	nice -n 10 $(BIN)/python tools/fuzz_core.py -max_total_time=$(FUZZ_TIME) -print_final_stats=1 $(FUZZ_ARGS)
 
 # Coverage, C and Python: the suite in a copy whose _core is built with gcov (-O0), under
 # coverage.py in every Python process it starts (tools/cov/: COVERAGE_PROCESS_START and the .pth
