@@ -49,7 +49,8 @@ test-asan: $(STAMP)
 	|| { cat $(ASAN_DIR)/report.* 2>/dev/null; exit 1; }
 	# A short coverage-guided fuzz of the core on its ASan build (tools/fuzz_core.py; `make fuzz` runs long).
 	$(BIN)/python tools/fuzz_core.py -atheris_runs=60000 -max_total_time=25 -print_final_stats=1 >$(ASAN_DIR)/fuzz.log 2>&1; \
-	rc=$$?; grep -v -e '^#.*\(NEW\|REDUCE\|pulse\) ' $(ASAN_DIR)/fuzz.log | tail -n 60; exit $$rc
+	rc=$$?; grep -v -e '^#.*\(NEW\|REDUCE\|pulse\) ' $(ASAN_DIR)/fuzz.log | tail -n 60; \
+	grep -e '^#[0-9]' $(ASAN_DIR)/fuzz.log | tail -n 1; exit $$rc
 
 # Coverage-guided fuzzing of the core for FUZZ_TIME seconds: tools/fuzz_core.py (atheris's libFuzzer on the
 # ASan + UBSan build, segment bytes and a script of every operation per input). The corpus grows in
