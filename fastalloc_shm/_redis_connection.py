@@ -57,13 +57,23 @@ def require_redis() -> None:
         raise RedisNotInstalled(f"RedisPool needs the redis package, an optional extra: {EXTRA_HINT}")
 
 
+def _unsplit(parts: Any) -> str:
+    """urlunsplit, except that `unix://` keeps its two slashes when there is no netloc
+    (urlunsplit writes `unix:/path`, which is no redis url)."""
+    if parts.scheme == "unix" and not parts.netloc:
+        query = f"?{parts.query}" if parts.query else ""
+        fragment = f"#{parts.fragment}" if parts.fragment else ""
+        return f"unix://{parts.path}{query}{fragment}"
+    return urlunsplit(parts)
+
+
 def _strip(url: str, replacement: str | None) -> str:
     parts = urlsplit(url)
     userinfo, at, hostport = parts.netloc.rpartition("@")
     netloc = (f"{replacement}@{hostport}" if replacement else hostport) if at else parts.netloc
     query = _SECRET_IN_QUERY.sub(r"\1***", parts.query) if replacement else "&".join(
         p for p in parts.query.split("&") if p and not _SECRET_IN_QUERY.match(p))
-    return urlunsplit(parts._replace(netloc=netloc, query=query))
+    return _unsplit(parts._replace(netloc=netloc, query=query))
 
 
 def mask_url(url: str) -> str:
@@ -90,12 +100,11 @@ def with_local_credentials(url: str) -> tuple[str, str | None]:
             userinfo, at, _ = urlsplit(env_url).netloc.rpartition("@")
             if at:
                 parts = urlsplit(url)
-                return urlunsplit(parts._replace(netloc=f"{userinfo}@{parts.netloc}")), URL_ENV
+                return _unsplit(parts._replace(netloc=f"{userinfo}@{parts.netloc}")), URL_ENV
     password = os.environ.get(AUTH_ENV)
     if password:
         parts = urlsplit(url)
-        if parts.scheme != "unix":
-            return urlunsplit(parts._replace(netloc=f":{quote(password, safe='')}@{parts.netloc}")), AUTH_ENV
+        return _unsplit(parts._replace(netloc=f":{quote(password, safe='')}@{parts.netloc}")), AUTH_ENV
     return url, None
 
 
