@@ -16,7 +16,7 @@ import os
 import re
 from collections.abc import Iterator, Sequence
 from typing import Any
-from urllib.parse import quote, unquote, urlsplit, urlunsplit
+from urllib.parse import quote, unquote, unquote_plus, urlsplit, urlunsplit
 
 from ._redis_errors import EXTRA_HINT, RedisNotInstalled, RedisUnavailable, ScriptError
 from ._redis_scripts import Script
@@ -45,7 +45,9 @@ except ImportError:  # the `redis` extra is optional: RedisPool says so when use
 # ?socket_connect_timeout=... win over these (redis-py gives query options precedence).
 CONNECT_TIMEOUT = 2.0
 SOCKET_TIMEOUT = 5.0
-_SECRET_IN_QUERY = re.compile(r"((?:password|username)=)[^&]*", re.IGNORECASE)
+# A query option whose name (percent-decoded, as redis-py reads it: `?pass%77ord=` is a password)
+# says credential: password, username, ssl_password, a token, ... Matched anywhere in the name.
+_SECRET_NAME = re.compile(r"pass|user|token|secret|auth|cred|key_?phrase", re.IGNORECASE)
 URL_ENV = "FASTALLOC_REDIS_URL"
 AUTH_ENV = "REDISCLI_AUTH"
 _SCHEMES = ("redis://", "rediss://", "unix://")
@@ -55,6 +57,15 @@ def require_redis() -> None:
     """Raise RedisNotInstalled, naming the extra, when redis-py is missing."""
     if redis is None:
         raise RedisNotInstalled(f"RedisPool needs the redis package, an optional extra: {EXTRA_HINT}")
+
+
+def _option_name(part: str) -> str:
+    """The name of one `name=value` query part as redis-py (parse_qs) decodes it."""
+    return unquote_plus(part.partition("=")[0])
+
+
+def _is_secret_option(part: str) -> bool:
+    return bool(_SECRET_NAME.search(_option_name(part)))
 
 
 def _unsplit(parts: Any) -> str:
@@ -71,9 +82,16 @@ def _strip(url: str, replacement: str | None) -> str:
     parts = urlsplit(url)
     userinfo, at, hostport = parts.netloc.rpartition("@")
     netloc = (f"{replacement}@{hostport}" if replacement else hostport) if at else parts.netloc
-    query = _SECRET_IN_QUERY.sub(r"\1***", parts.query) if replacement else "&".join(
-        p for p in parts.query.split("&") if p and not _SECRET_IN_QUERY.match(p))
-    return _unsplit(parts._replace(netloc=netloc, query=query))
+    kept = []
+    for part in parts.query.split("&"):
+        if not part:
+            continue
+        if _is_secret_option(part):
+            if replacement:
+                kept.append(f"{part.partition('=')[0]}={replacement}")
+        else:
+            kept.append(part)
+    return _unsplit(parts._replace(netloc=netloc, query="&".join(kept), fragment=""))
 
 
 def mask_url(url: str) -> str:
@@ -121,6 +139,24 @@ def address(url: str) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def _secrets_of(url: str, username: str | None, password: str | None) -> list[str]:
+    """Every string of `url` and the keywords that is a credential, as given and as decoded, so that
+    no layer's quoting of it survives `_scrub`. A user name too (a token is often given as one),
+    unless too short to scrub safely."""
+    parts = urlsplit(url)
+    found = [v for v in (parts.password, password) if v]
+    found += [v for v in (parts.username, username) if v and len(v) > 2]
+    for part in parts.query.split("&"):
+        if _is_secret_option(part):
+            value = part.partition("=")[2]
+            found += [value, unquote_plus(value)]
+    spelled = set()
+    for value in found:
+        spelled.update((value, unquote(value), unquote_plus(value), quote(value, safe=""),
+                        quote(unquote(value), safe="")))
+    return sorted((v for v in spelled if len(v) > 2 or v in (password, parts.password)), key=len, reverse=True)
+
+
 def _describe_bad_url(url: object) -> str:
     """What a malformed url looks like, without any of it that could be a secret."""
     if not isinstance(url, str):
@@ -132,18 +168,15 @@ def _describe_bad_url(url: object) -> str:
 class Connection:
     """A redis-py client (`Redis` or `RedisCluster`) with this library's timeouts and errors."""
 
-    def __init__(self, url: str, cluster: bool) -> None:
+    def __init__(self, url: str, cluster: bool, *, username: str | None = None,
+                 password: str | None = None) -> None:
         require_redis()
         if not isinstance(url, str) or not url.startswith(_SCHEMES):
             raise ConfigError(f"url: expected redis://, rediss:// or unix://..., got {_describe_bad_url(url)}")
         if cluster and url.startswith("unix://"):
             raise ConfigError("url: a Redis Cluster is reached over TCP; give redis:// or rediss://host:port")
         self.address = address(url)
-        parts = urlsplit(url)
-        # A user name is scrubbed too (a token is often given as one), unless too short to scrub safely.
-        self._secrets = [unquote(v) for v in (parts.password, parts.username) if v and (v == parts.password or len(v) > 2)]
-        self._secrets += [unquote(m.group(0).partition("=")[2]) for m in re.finditer(r"(?:password|username)=[^&]*",
-                                                                                   parts.query, re.IGNORECASE)]
+        self._secrets = _secrets_of(url, username, password)
         options: dict[str, Any] = {
             "socket_connect_timeout": CONNECT_TIMEOUT,
             "socket_timeout": SOCKET_TIMEOUT,
@@ -152,6 +185,11 @@ class Connection:
             # connection into a wait of several seconds.
             "retry": Retry(NoBackoff(), 0),
         }
+        # Keyword credentials; the url's own, when it has them, win (redis-py's rule for from_url).
+        if username is not None:
+            options["username"] = username
+        if password is not None:
+            options["password"] = password
         try:
             # RedisCluster connects here (to read the slot map); Redis on first use.
             self._client = RedisCluster.from_url(url, **options) if cluster else redis.Redis.from_url(url, **options)
@@ -227,6 +265,7 @@ class Connection:
     def _scrub(self, exc: BaseException) -> str:
         """The exception's text without the password or user name, in case a layer below quoted them."""
         text = str(exc).strip() or type(exc).__name__
-        for secret in sorted(self._secrets, key=len, reverse=True):
-            text = text.replace(secret, "***")
+        for secret in self._secrets:
+            if secret:
+                text = text.replace(secret, "***")
         return text

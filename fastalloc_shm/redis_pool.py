@@ -188,6 +188,8 @@ class RedisPool(Pool):
         slot_size: int | None = None,
         config: PoolConfig | None = None,
         exist_ok: bool = False,
+        username: str | None = None,
+        password: str | None = None,
         **overrides: Any,
     ) -> RedisPool:
         """Create pool `name` on the server at `url` (a cluster node if `cluster`).
@@ -199,6 +201,9 @@ class RedisPool(Pool):
         raising PoolExistsError. Creation is atomic: of many concurrent
         creators exactly one creates.
 
+        `username`/`password` log in where the url carries none; like the
+        url's, they never show in a pickle, repr, log line or error.
+
         >>> pool = RedisPool.create("jobs", url="redis://cache:6379/0", capacity=10_000)  # doctest: +SKIP
         """
         _names.validate(name)
@@ -206,7 +211,7 @@ class RedisPool(Pool):
         config = build_config(capacity, slot_size, config, overrides)
         if config.capacity > INDEX_LIMIT:
             raise ConfigError(f"capacity: {config.capacity} slots is more than a pool can index ({INDEX_LIMIT})")
-        conn = Connection(url, cluster)
+        conn = Connection(url, cluster, username=username, password=password)
         try:
             strategy = config.growth_strategy
             max_capacity = -1 if config.max_capacity is None else min(config.max_capacity, INDEX_LIMIT)
@@ -234,14 +239,23 @@ class RedisPool(Pool):
             raise
 
     @classmethod
-    def attach(cls, name: str, *, url: str, cluster: bool = False, lease_ttl: float = DEFAULT_LEASE_TTL) -> RedisPool:
+    def attach(
+        cls,
+        name: str,
+        *,
+        url: str,
+        cluster: bool = False,
+        lease_ttl: float = DEFAULT_LEASE_TTL,
+        username: str | None = None,
+        password: str | None = None,
+    ) -> RedisPool:
         """Attach to the existing pool `name` on the server at `url`; PoolNotFound if there is none.
 
         >>> other = RedisPool.attach("jobs", url="redis://cache:6379/0")  # doctest: +SKIP
         """
         _names.validate(name)
         _check_lease_ttl(lease_ttl)
-        conn = Connection(url, cluster)
+        conn = Connection(url, cluster, username=username, password=password)
         try:
             config, incarnation, reset_unimportable = _describe(conn, name)
             return cls(name, url, cluster, lease_ttl, config, conn, incarnation, creator=False,
