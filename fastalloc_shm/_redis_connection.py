@@ -176,6 +176,7 @@ class Connection:
         if cluster and url.startswith("unix://"):
             raise ConfigError("url: a Redis Cluster is reached over TCP; give redis:// or rediss://host:port")
         self.address = address(url)
+        self._cluster = cluster
         self._secrets = _secrets_of(url, username, password)
         options: dict[str, Any] = {
             "socket_connect_timeout": CONNECT_TIMEOUT,
@@ -223,6 +224,17 @@ class Connection:
             raise self.unavailable(exc) from None
         except RedisError as exc:
             raise FastallocError(f"Redis at {self.address} failed: {self._scrub(exc)}") from None
+
+    def server_info(self) -> list[tuple[str, dict[str, Any]]]:
+        """`INFO` of the server, or of every primary of a cluster, as (address, fields) pairs.
+        INFO, not CONFIG GET: ACLs that forbid CONFIG (as hosted Redis does) still allow it."""
+        with self._translated():
+            if not self._cluster:
+                return [(self.address, self._client.info())]
+            reply = self._client.info(target_nodes=RedisCluster.PRIMARIES)
+        if "redis_version" in reply:  # a single primary: redis-py returns its reply as is
+            return [(self.address, reply)]
+        return sorted(reply.items())
 
     def scan(self, pattern: str) -> Iterator[bytes]:
         """Keys matching `pattern` on every primary (SCAN, so the server never blocks)."""

@@ -83,6 +83,14 @@ def pool_error(name: str, where: str, exc: ScriptError) -> FastallocError:
             f"pool {name!r} on Redis at {where} was unlinked and created again since this client attached;"
             " attach again to use the new pool (handles of the old one mean nothing there)"
         )
+    if code == "DAMAGED":
+        meta, *left = fields
+        return IncompatiblePool(
+            f"pool {name!r} on Redis at {where} is damaged: its key {meta!r} is gone while {', '.join(left)} remain"
+            " (the server evicted or someone deleted it; RedisPool needs maxmemory-policy noeviction). Its slots"
+            f" cannot be trusted: remove what is left with unlink_pool({name!r}, url) or"
+            f" `fastalloc-shm rm {name} --url URL`, then create the pool again"
+        )
     if code == "LAYOUT":
         return IncompatiblePool(
             f"pool {name!r} on Redis at {where} has layout {exc.rest!r}; this fastalloc-shm reads {LAYOUT!r}."

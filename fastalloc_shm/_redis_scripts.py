@@ -98,9 +98,32 @@ local function fail(code, ...)
   return redis.error_reply(table.concat(parts, ' '))
 end
 
+-- The error for a pool whose meta hash is missing: NOPOOL if nothing of it is left, else
+-- DAMAGED naming what is (the meta key was evicted or deleted, the rest of the pool was not).
+local function missing_meta()
+  local left = {}
+  for _, key in ipairs({FREE, GEN, OWNER, DATA, OWNED, CLIENTS}) do
+    if redis.call('EXISTS', key) == 1 then left[#left + 1] = key end
+  end
+  if #left == 0 then return fail('NOPOOL') end
+  return fail('DAMAGED', META, unpack(left))
+end
+
+-- The FOREIGN error for the first key of the pool (but the meta hash) whose type is not the
+-- one fastalloc-shm gives it, or nil.
+local KIND_OF = {[FREE] = 'list', [GEN] = 'hash', [OWNER] = 'hash', [DATA] = 'hash', [OWNED] = 'hash',
+  [CLIENTS] = 'set'}
+local function foreign_leftover()
+  for _, key in ipairs({FREE, GEN, OWNER, DATA, OWNED, CLIENTS}) do
+    local kind = redis.call('TYPE', key)['ok']
+    if kind ~= 'none' and kind ~= KIND_OF[key] then return fail('FOREIGN', key, kind) end
+  end
+  return nil
+end
+
 -- nil when the meta hash read is this client's pool, else the error to return
 local function not_a_pool(layout, incarnation)
-  if not layout then return fail('NOPOOL') end
+  if not layout then return missing_meta() end
   if layout ~= LAYOUT then return fail('LAYOUT', layout) end
   if incarnation ~= INCARNATION then return fail('GONE') end
   return nil
@@ -160,9 +183,10 @@ if kind ~= 'none' then
   if layout then return fail('LAYOUT', layout) end
   return fail('FOREIGN', META, 'hash')
 end
-for _, key in ipairs({FREE, GEN, OWNER, DATA, OWNED, CLIENTS}) do
-  if redis.call('EXISTS', key) == 1 then return fail('FOREIGN', key, redis.call('TYPE', key)['ok']) end
-end
+local bad = foreign_leftover()
+if bad then return bad end
+bad = missing_meta()
+if bad['err'] ~= 'FASTALLOC NOPOOL' then return bad end
 redis.call('HSET', META, 'layout', LAYOUT, 'incarnation', INCARNATION, 'config', ARGV[2], 'capacity', ARGV[3],
   'slot_size', ARGV[4], 'max_capacity', ARGV[5], 'growth', ARGV[6], 'growth_value', ARGV[7], 'hwm', 0,
   'in_use', 0, 'peak', 0,
@@ -174,7 +198,7 @@ return 'CREATED'
 # ARGV[1] is unused. Returns {incarnation, config record (msgpack)}.
 DESCRIBE = Script("describe", _PRELUDE + """
 local kind = redis.call('TYPE', META)['ok']
-if kind == 'none' then return fail('NOPOOL') end
+if kind == 'none' then return missing_meta() end
 if kind ~= 'hash' then return fail('FOREIGN', META, kind) end
 local m = redis.call('HMGET', META, 'layout', 'incarnation', 'config')
 if not m[1] then return fail('FOREIGN', META, 'hash') end
@@ -399,12 +423,20 @@ return reply
 # for whichever exists. Returns 1 if the pool was deleted.
 UNLINK = Script("unlink", _PRELUDE + """
 local kind = redis.call('TYPE', META)['ok']
-if kind == 'none' then return 0 end
-if kind ~= 'hash' then return fail('FOREIGN', META, kind) end
-local m = redis.call('HMGET', META, 'layout', 'incarnation')
-if not m[1] then return fail('FOREIGN', META, 'hash') end
-if m[1] ~= LAYOUT then return fail('LAYOUT', m[1]) end
-if INCARNATION ~= '' and m[2] ~= INCARNATION then return 0 end
+if kind == 'none' then
+  -- A damaged pool (its meta hash evicted or deleted) is removed by name (INCARNATION ''),
+  -- when what is left of it is of the types fastalloc-shm gives its keys.
+  if INCARNATION ~= '' then return 0 end
+  local bad = foreign_leftover()
+  if bad then return bad end
+  if redis.call('EXISTS', FREE, GEN, OWNER, DATA, OWNED, CLIENTS) == 0 then return 0 end
+else
+  if kind ~= 'hash' then return fail('FOREIGN', META, kind) end
+  local m = redis.call('HMGET', META, 'layout', 'incarnation')
+  if not m[1] then return fail('FOREIGN', META, 'hash') end
+  if m[1] ~= LAYOUT then return fail('LAYOUT', m[1]) end
+  if INCARNATION ~= '' and m[2] ~= INCARNATION then return 0 end
+end
 for first = 1, #KEYS, CHUNK do
   redis.call('DEL', unpack(KEYS, first, math.min(first + CHUNK - 1, #KEYS)))
 end

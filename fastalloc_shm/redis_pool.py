@@ -156,6 +156,7 @@ class RedisPool(Pool):
         incarnation: str,
         *,
         creator: bool,
+        allow_eviction: bool = False,
         reset_unimportable: bool = False,
     ) -> None:
         """Private: use `RedisPool.create` or `RedisPool.attach`."""
@@ -169,6 +170,7 @@ class RedisPool(Pool):
         self._keys = pool_keys(name)
         self._incarnation = incarnation
         self._creator = creator
+        self._allow_eviction = allow_eviction
         self._reset_unimportable = reset_unimportable
         self._register_lock = threading.Lock()
         self._closed = False
@@ -188,6 +190,7 @@ class RedisPool(Pool):
         slot_size: int | None = None,
         config: PoolConfig | None = None,
         exist_ok: bool = False,
+        allow_eviction: bool = False,
         username: str | None = None,
         password: str | None = None,
         **overrides: Any,
@@ -201,6 +204,9 @@ class RedisPool(Pool):
         raising PoolExistsError. Creation is atomic: of many concurrent
         creators exactly one creates.
 
+        The server must run `maxmemory-policy noeviction`
+        (an evicting server drops pool keys and live clients' leases
+        silently): ConfigError otherwise, unless `allow_eviction=True`.
         `username`/`password` log in where the url carries none; like the
         url's, they never show in a pickle, repr, log line or error.
 
@@ -213,6 +219,7 @@ class RedisPool(Pool):
             raise ConfigError(f"capacity: {config.capacity} slots is more than a pool can index ({INDEX_LIMIT})")
         conn = Connection(url, cluster, username=username, password=password)
         try:
+            _check_server(conn, allow_eviction)
             strategy = config.growth_strategy
             max_capacity = -1 if config.max_capacity is None else min(config.max_capacity, INDEX_LIMIT)
             incarnation = secrets.token_hex(8)
@@ -223,7 +230,8 @@ class RedisPool(Pool):
             except ScriptError as exc:
                 raise pool_error(name, conn.address, exc) from None
             if created:
-                return cls(name, url, cluster, lease_ttl, config, conn, incarnation, creator=True)
+                return cls(name, url, cluster, lease_ttl, config, conn, incarnation, creator=True,
+                           allow_eviction=allow_eviction)
             if not exist_ok:
                 raise PoolExistsError(
                     f"pool {name!r} already exists on Redis at {conn.address}; attach to it with"
@@ -233,7 +241,7 @@ class RedisPool(Pool):
             check_same_config(f"pool {name!r} on Redis at {conn.address}", found, config,
                               "attach to it as it is (RedisPool.attach), or pick another name")
             return cls(name, url, cluster, lease_ttl, found, conn, incarnation, creator=False,
-                       reset_unimportable=reset_unimportable)
+                       allow_eviction=allow_eviction, reset_unimportable=reset_unimportable)
         except BaseException:
             conn.close()
             raise
@@ -246,10 +254,13 @@ class RedisPool(Pool):
         url: str,
         cluster: bool = False,
         lease_ttl: float = DEFAULT_LEASE_TTL,
+        allow_eviction: bool = False,
         username: str | None = None,
         password: str | None = None,
     ) -> RedisPool:
-        """Attach to the existing pool `name` on the server at `url`; PoolNotFound if there is none.
+        """Attach to the existing pool `name` on the server at `url`; PoolNotFound if there is none,
+        IncompatiblePool if it is damaged (say, its meta key was evicted). The server is checked as
+        by `create` (maxmemory-policy noeviction unless `allow_eviction=True`).
 
         >>> other = RedisPool.attach("jobs", url="redis://cache:6379/0")  # doctest: +SKIP
         """
@@ -257,9 +268,10 @@ class RedisPool(Pool):
         _check_lease_ttl(lease_ttl)
         conn = Connection(url, cluster, username=username, password=password)
         try:
+            _check_server(conn, allow_eviction)
             config, incarnation, reset_unimportable = _describe(conn, name)
             return cls(name, url, cluster, lease_ttl, config, conn, incarnation, creator=False,
-                       reset_unimportable=reset_unimportable)
+                       allow_eviction=allow_eviction, reset_unimportable=reset_unimportable)
         except BaseException:
             conn.close()
             raise
@@ -462,7 +474,8 @@ class RedisPool(Pool):
     def __reduce__(self) -> tuple[Callable[..., RedisPool], tuple[Any, ...]]:
         # Pickles as "attach by name": the url travels without credentials (a pickle
         # is easily logged, queued or stored); the receiver logs in with its own.
-        return _attach_pickled, (self._name, public_url(self._url), self._cluster, self._lease_ttl)
+        return _attach_pickled, (self._name, public_url(self._url), self._cluster, self._lease_ttl,
+                                 self._allow_eviction)
 
     def __repr__(self) -> str:
         where = mask_url(self._url) + (" (cluster)" if self._cluster else "")
@@ -628,10 +641,11 @@ def _unlink(conn: Connection | _ClosedConnection, name: str, incarnation: str) -
         raise pool_error(name, conn.address, exc) from None
 
 
-def _attach_pickled(name: str, url: str, cluster: bool, lease_ttl: float) -> RedisPool:
+def _attach_pickled(name: str, url: str, cluster: bool, lease_ttl: float, allow_eviction: bool = False) -> RedisPool:
     full_url, source = with_local_credentials(url)
     try:
-        return RedisPool.attach(name, url=full_url, cluster=cluster, lease_ttl=lease_ttl)
+        return RedisPool.attach(name, url=full_url, cluster=cluster, lease_ttl=lease_ttl,
+                                allow_eviction=allow_eviction)
     except RedisUnavailable as exc:
         if source is not None:
             raise
@@ -661,6 +675,19 @@ def _after_fork_in_child() -> None:
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _check_server(conn: Connection, allow_eviction: bool) -> None:
+    """Refuse a server that may evict pool keys (unless allowed)."""
+    for where, info in conn.server_info():
+        policy = str(info.get("maxmemory_policy", "noeviction"))
+        if policy != "noeviction" and not allow_eviction:
+            raise ConfigError(
+                f"maxmemory-policy: Redis at {where} runs with maxmemory-policy {policy}, so under memory pressure"
+                " it may silently evict a pool's keys or a live client's lease (and recover() would then free"
+                " slots still in use). Set `maxmemory-policy noeviction` (redis.conf, or CONFIG SET"
+                " maxmemory-policy noeviction), or pass allow_eviction=True if you accept that risk"
+            )
 
 
 def _check_lease_ttl(lease_ttl: float) -> None:

@@ -1,0 +1,109 @@
+"""RedisPool when Redis misbehaves (issue 23): an evicting server, a pool whose meta key is gone, a server
+at maxmemory, and clients that exit without close(). Real redis-server processes only: the shared one
+where it will do, private ones (own config, loopback or a unix socket) where a test needs a setting.
+"""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+import redis
+
+from fastalloc_shm import ConfigError, IncompatiblePool, PoolNotFound, RedisPool
+from fastalloc_shm.cli import main as cli_main
+from fastalloc_shm.redis_pool import unlink_pool
+
+from .redis_servers import redis_server
+
+
+def keys_of(client: redis.Redis, name: str) -> list[bytes]:
+    return sorted(client.scan_iter(match=f"{{fastalloc.{name}}}*"))
+
+
+@pytest.fixture
+def raw(redis_url):
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+# -- 2. eviction refused up front; a damaged pool is reported and removable ---------------------------
+
+
+@pytest.fixture(scope="module", params=["allkeys-lru", "volatile-lru", "allkeys-random", "volatile-ttl"])
+def evicting_server(request):
+    with redis_server("--maxmemory", "64mb", "--maxmemory-policy", request.param) as server:
+        yield server, request.param
+
+
+def test_an_evicting_server_is_refused_naming_the_policy_and_the_fix(evicting_server, pool_name):
+    server, policy = evicting_server
+    with pytest.raises(ConfigError) as info:
+        RedisPool.create(pool_name, url=server.url, capacity=4)
+    message = str(info.value)
+    assert policy in message and "noeviction" in message and "allow_eviction=True" in message
+    assert f"127.0.0.1:{server.port}" in message
+    client = redis.Redis.from_url(server.url)
+    try:
+        assert keys_of(client, pool_name) == []  # refused before anything was written
+        # Who knows the risk says so; attach is checked the same way, and a pickle keeps the choice.
+        with RedisPool.create(pool_name, url=server.url, capacity=4, allow_eviction=True) as pool:
+            h = pool.allocate("kept")
+            with pytest.raises(ConfigError, match=policy):
+                RedisPool.attach(pool_name, url=server.url)
+            other = RedisPool.attach(pool_name, url=server.url, allow_eviction=True)
+            clone = pickle.loads(pickle.dumps(other))
+            assert other.get(h) == clone.get(h) == "kept"
+            other.close()
+            clone.close()
+        assert keys_of(client, pool_name) == []
+    finally:
+        client.close()
+
+
+def test_a_pool_whose_meta_key_is_gone_is_damaged_and_unlink_pool_clears_it(redis_url, pool_name, raw):
+    pool = RedisPool.create(pool_name, url=redis_url, capacity=8)
+    other = RedisPool.attach(pool_name, url=redis_url)
+    handles = [pool.allocate(i) for i in range(3)]
+    other.allocate("x")
+    pool.release(handles[0])
+    raw.delete(f"{{fastalloc.{pool_name}}}:meta")  # what an evicting server does to it
+    for step in (lambda: RedisPool.attach(pool_name, url=redis_url),
+                 lambda: RedisPool.create(pool_name, url=redis_url, capacity=8),
+                 lambda: pool.get(handles[1]),
+                 lambda: other.allocate("y")):
+        with pytest.raises(IncompatiblePool, match="damaged") as info:
+            step()
+        assert f"unlink_pool({pool_name!r}, url)" in str(info.value) and ":meta" in str(info.value)
+    assert unlink_pool(pool_name, redis_url) is True
+    assert keys_of(raw, pool_name) == []
+    assert unlink_pool(pool_name, redis_url) is False
+    with pytest.raises(PoolNotFound):
+        other.get(handles[1])
+    pool.close()
+    other.close()
+    with RedisPool.create(pool_name, url=redis_url, capacity=2) as again:  # the name is usable again
+        assert again.get(again.allocate("new")) == "new"
+
+
+def test_the_cli_removes_a_damaged_pool(redis_url, pool_name, raw, capsys):
+    with RedisPool.create(pool_name, url=redis_url, capacity=4) as pool:
+        pool.allocate(1)
+        raw.delete(f"{{fastalloc.{pool_name}}}:meta")
+        assert cli_main(["rm", pool_name, "--url", redis_url]) == 0
+        assert "removed" in capsys.readouterr().out
+        assert keys_of(raw, pool_name) == []
+
+
+def test_keys_of_another_type_under_a_pool_name_are_still_not_ours(redis_url, pool_name, raw):
+    free = f"{{fastalloc.{pool_name}}}:free"
+    raw.set(free, "someone else's string")
+    try:
+        for step in (lambda: RedisPool.create(pool_name, url=redis_url, capacity=1),
+                     lambda: unlink_pool(pool_name, redis_url)):
+            with pytest.raises(IncompatiblePool, match="did not create"):
+                step()
+        assert raw.get(free) == b"someone else's string"
+    finally:
+        raw.delete(free)
