@@ -18,7 +18,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 from urllib.parse import quote, unquote, unquote_plus, urlsplit, urlunsplit
 
-from ._redis_errors import EXTRA_HINT, RedisNotInstalled, RedisUnavailable, ScriptError
+from ._redis_errors import EXTRA_HINT, RedisNotInstalled, RedisOutOfMemory, RedisUnavailable, ScriptError
 from ._redis_scripts import Script
 from .errors import ConfigError, FastallocError
 
@@ -30,6 +30,7 @@ try:
         AuthenticationError,
         ClusterDownError,
         NoScriptError,
+        OutOfMemoryError,
         RedisClusterException,
         RedisError,
         ResponseError,
@@ -272,6 +273,12 @@ class Connection:
             return self.unavailable(exc)
         if message.startswith("WRONGTYPE"):
             return ScriptError("WRONGTYPE", message)
+        if isinstance(exc, OutOfMemoryError) or message.startswith("OOM"):
+            return RedisOutOfMemory(
+                f"Redis at {self.address} refused the write for lack of memory (OOM {self._scrub(exc)}): it is at its"
+                " maxmemory with maxmemory-policy noeviction. Reads still work; release or unlink pools, delete"
+                " other keys, or raise the server's maxmemory"
+            )
         return FastallocError(f"Redis at {self.address} refused the command: {self._scrub(exc)}")
 
     def _scrub(self, exc: BaseException) -> str:

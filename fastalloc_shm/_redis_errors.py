@@ -30,6 +30,10 @@ class RedisUnavailable(FastallocError, ConnectionError):
     """The Redis server (or cluster) is down, unreachable, slow past the timeout, or refused the login."""
 
 
+class RedisOutOfMemory(FastallocError):
+    """The Redis server refused a write because it is at its `maxmemory` (an `OOM` reply); reads still work."""
+
+
 class SharedMemoryOnly(FastallocError, NotImplementedError):
     """The operation needs a shared-memory pool (e.g. `buffer()`); a RedisPool has no local memory."""
 

@@ -82,9 +82,19 @@ class Script:
 
 
 # The "#!lua" line (Redis >= 7.0) makes Redis refuse a script up front when it is
-# out of memory, instead of failing at a write halfway through the script.
-_PRELUDE = """#!lua
-local META, FREE, GEN, OWNER, DATA, OWNED, CLIENTS = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
+# out of memory, instead of failing at a write halfway through the script. Its flags
+# say more: `no-writes` (a read: runs at maxmemory, and on a replica) and
+# `allow-oom` (a lease refresh, a delete, a release or recover: each frees about
+# what it writes, and must not be refused at maxmemory: a live client's lease
+# would expire, and releasing is how a full server gets room again).
+READ, ALLOW_OOM = "no-writes", "allow-oom"
+
+
+def _lua(flags: str = "") -> str:
+    return f"#!lua flags={flags}\n" if flags else "#!lua\n"
+
+
+_PRELUDE = """local META, FREE, GEN, OWNER, DATA, OWNED, CLIENTS = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 local LAYOUT = '@LAYOUT@'
 local INCARNATION = ARGV[1]
 local MAX_GENERATION = @MAX_GENERATION@
@@ -174,7 +184,7 @@ end
 
 # ARGV: new incarnation, config (msgpack), capacity, slot_size, max_capacity (-1: none), growth kind,
 # growth value.
-CREATE = Script("create", _PRELUDE + """
+CREATE = Script("create", _lua() + _PRELUDE + """
 local kind = redis.call('TYPE', META)['ok']
 if kind ~= 'none' then
   if kind ~= 'hash' then return fail('FOREIGN', META, kind) end
@@ -196,7 +206,7 @@ return 'CREATED'
 """)
 
 # ARGV[1] is unused. Returns {incarnation, config record (msgpack)}.
-DESCRIBE = Script("describe", _PRELUDE + """
+DESCRIBE = Script("describe", _lua(READ) + _PRELUDE + """
 local kind = redis.call('TYPE', META)['ok']
 if kind == 'none' then return missing_meta() end
 if kind ~= 'hash' then return fail('FOREIGN', META, kind) end
@@ -207,7 +217,7 @@ return {m[2], m[3]}
 """)
 
 # Returns a new client id.
-NEW_CLIENT = Script("new_client", _PRELUDE + """
+NEW_CLIENT = Script("new_client", _lua() + _PRELUDE + """
 local m = redis.call('HMGET', META, 'layout', 'incarnation')
 local bad = not_a_pool(m[1], m[2])
 if bad then return bad end
@@ -215,7 +225,7 @@ return redis.call('HINCRBY', META, 'next_client', 1)
 """)
 
 # KEYS[8]: the client's lease. ARGV[2...]: client id, lease ttl in ms. Returns 0 once the pool is gone.
-TOUCH = Script("touch", _PRELUDE + """
+TOUCH = Script("touch", _lua(ALLOW_OOM) + _PRELUDE + """
 local m = redis.call('HMGET', META, 'layout', 'incarnation')
 if not_a_pool(m[1], m[2]) then return 0 end
 redis.call('SET', KEYS[8], 1, 'PX', ARGV[3])
@@ -225,7 +235,7 @@ return 1
 
 # KEYS[8]: the client's lease. ARGV[2]: client id. A client that owns slots stays
 # registered so that recover() finds them once its lease is gone.
-GOODBYE = Script("goodbye", _PRELUDE + """
+GOODBYE = Script("goodbye", _lua(ALLOW_OOM) + _PRELUDE + """
 local m = redis.call('HMGET', META, 'layout', 'incarnation')
 if not_a_pool(m[1], m[2]) then return 0 end
 redis.call('DEL', KEYS[8])
@@ -237,7 +247,7 @@ return 1
 # (-1: none), that amount, then n payloads (none: acquire, which returns the
 # slots' previous payloads instead of writing new ones).
 # Returns {capacity, index1, generation1, ...[, previous payloads...]}.
-ALLOCATE = Script("allocate", _PRELUDE + """
+ALLOCATE = Script("allocate", _lua() + _PRELUDE + """
 local client, n = ARGV[2], tonumber(ARGV[3])
 local grow_from, grow_by = tonumber(ARGV[4]), tonumber(ARGV[5])
 local m = redis.call('HMGET', META, 'layout', 'incarnation', 'capacity', 'hwm', 'max_capacity', 'growth',
@@ -313,7 +323,7 @@ return reply
 
 # ARGV[2...]: index1, generation1, index2, generation2, ... All are checked before
 # any is freed: one bad handle releases nothing. Returns the count released.
-RELEASE = Script("release", _PRELUDE + """
+RELEASE = Script("release", _lua(ALLOW_OOM) + _PRELUDE + """
 local m = redis.call('HMGET', META, 'layout', 'incarnation', 'capacity', 'in_use', 'total_deallocations')
 local bad = not_a_pool(m[1], m[2])
 if bad then return bad end
@@ -340,7 +350,7 @@ return n
 """)
 
 # ARGV[2...]: index, generation. Returns the payload.
-GET = Script("get", _PRELUDE + """
+GET = Script("get", _lua(READ) + _PRELUDE + """
 local bad = check_handle(ARGV[2], ARGV[3])
 if bad then return bad end
 local payload = redis.call('HGET', DATA, ARGV[2])
@@ -349,7 +359,7 @@ return payload
 """)
 
 # ARGV[2...]: index, generation, payload.
-SET = Script("set", _PRELUDE + """
+SET = Script("set", _lua() + _PRELUDE + """
 local bad = check_handle(ARGV[2], ARGV[3])
 if bad then return bad end
 redis.call('HSET', DATA, ARGV[2], ARGV[4])
@@ -362,7 +372,7 @@ STATISTICS_FIELDS = (
 )
 
 # Returns the counters named by STATISTICS_FIELDS, in that order.
-STATISTICS = Script("statistics", _PRELUDE + """
+STATISTICS = Script("statistics", _lua(READ) + _PRELUDE + """
 local m = redis.call('HMGET', META, 'layout', 'incarnation', @FIELDS@)
 local bad = not_a_pool(m[1], m[2])
 if bad then return bad end
@@ -371,7 +381,7 @@ for k = 3, #m do out[k - 2] = tonumber(m[k]) or 0 end
 return out
 """.replace("@FIELDS@", ", ".join(f"'{f}'" for f in STATISTICS_FIELDS)))
 
-RESET_STATISTICS = Script("reset_statistics", _PRELUDE + """
+RESET_STATISTICS = Script("reset_statistics", _lua() + _PRELUDE + """
 local m = redis.call('HMGET', META, 'layout', 'incarnation', 'in_use')
 local bad = not_a_pool(m[1], m[2])
 if bad then return bad end
@@ -382,7 +392,7 @@ return 1
 
 # ARGV[2]: 'keep' or 'reclaim'. KEYS[8...]: the leases of the clients in ARGV[3...].
 # Returns {orphans kept, orphans reclaimed, dead client ids...}.
-RECOVER = Script("recover", _PRELUDE + """
+RECOVER = Script("recover", _lua(ALLOW_OOM) + _PRELUDE + """
 local m = redis.call('HMGET', META, 'layout', 'incarnation')
 local bad = not_a_pool(m[1], m[2])
 if bad then return bad end
@@ -421,7 +431,7 @@ return reply
 
 # KEYS[8...]: the leases of registered clients. ARGV[1]: the incarnation to delete, or ''
 # for whichever exists. Returns 1 if the pool was deleted.
-UNLINK = Script("unlink", _PRELUDE + """
+UNLINK = Script("unlink", _lua(ALLOW_OOM) + _PRELUDE + """
 local kind = redis.call('TYPE', META)['ok']
 if kind == 'none' then
   -- A damaged pool (its meta hash evicted or deleted) is removed by name (INCARNATION ''),

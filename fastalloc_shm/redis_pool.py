@@ -44,7 +44,14 @@ import msgpack
 from . import _callables, _codec, _names
 from ._base import Pool, build_config, check_same_config
 from ._redis_connection import AUTH_ENV, URL_ENV, Connection, mask_url, public_url, with_local_credentials
-from ._redis_errors import RedisNotInstalled, RedisUnavailable, ScriptError, SharedMemoryOnly, pool_error
+from ._redis_errors import (
+    RedisNotInstalled,
+    RedisOutOfMemory,
+    RedisUnavailable,
+    ScriptError,
+    SharedMemoryOnly,
+    pool_error,
+)
 from ._redis_scripts import (
     ALLOCATE,
     CREATE,
@@ -88,10 +95,13 @@ __all__ = [
     "unlink_pool",
     "RedisNotInstalled",
     "RedisUnavailable",
+    "RedisOutOfMemory",
     "SharedMemoryOnly",
 ]
 
 DEFAULT_LEASE_TTL = 10.0
+# Script flags (no-writes, allow-oom) and RPOP with a count need it.
+MIN_REDIS_VERSION = (7, 0)
 # The lease is refreshed every ttl/3; a shorter ttl would keep a thread busy
 # and expire on any scheduling hiccup.
 MIN_LEASE_TTL = 0.1
@@ -204,7 +214,7 @@ class RedisPool(Pool):
         raising PoolExistsError. Creation is atomic: of many concurrent
         creators exactly one creates.
 
-        The server must run `maxmemory-policy noeviction`
+        The server must run Redis >= 7.0 with `maxmemory-policy noeviction`
         (an evicting server drops pool keys and live clients' leases
         silently): ConfigError otherwise, unless `allow_eviction=True`.
         `username`/`password` log in where the url carries none; like the
@@ -260,7 +270,7 @@ class RedisPool(Pool):
     ) -> RedisPool:
         """Attach to the existing pool `name` on the server at `url`; PoolNotFound if there is none,
         IncompatiblePool if it is damaged (say, its meta key was evicted). The server is checked as
-        by `create` (maxmemory-policy noeviction unless `allow_eviction=True`).
+        by `create` (Redis >= 7.0, maxmemory-policy noeviction unless `allow_eviction=True`).
 
         >>> other = RedisPool.attach("jobs", url="redis://cache:6379/0")  # doctest: +SKIP
         """
@@ -678,8 +688,19 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _check_server(conn: Connection, allow_eviction: bool) -> None:
-    """Refuse a server that may evict pool keys (unless allowed)."""
+    """Refuse a server older than MIN_REDIS_VERSION, or one that may evict pool keys (unless allowed)."""
+    minimum = ".".join(map(str, MIN_REDIS_VERSION))
     for where, info in conn.server_info():
+        version = str(info.get("redis_version", ""))
+        try:
+            too_old = tuple(int(p) for p in version.split(".")[:2]) < MIN_REDIS_VERSION
+        except ValueError:
+            too_old = False  # a fork with its own numbering: its scripts will say what they lack
+        if too_old:
+            raise ConfigError(
+                f"server: Redis at {where} is version {version}; RedisPool needs Redis >= {minimum}"
+                " (script flags keep reads working at maxmemory); upgrade the server"
+            )
         policy = str(info.get("maxmemory_policy", "noeviction"))
         if policy != "noeviction" and not allow_eviction:
             raise ConfigError(

@@ -6,13 +6,14 @@ where it will do, private ones (own config, loopback or a unix socket) where a t
 from __future__ import annotations
 
 import pickle
+import time
 
 import pytest
 import redis
 
 from fastalloc_shm import ConfigError, IncompatiblePool, PoolNotFound, RedisPool
 from fastalloc_shm.cli import main as cli_main
-from fastalloc_shm.redis_pool import unlink_pool
+from fastalloc_shm.redis_pool import RedisOutOfMemory, unlink_pool
 
 from .redis_servers import redis_server
 
@@ -107,3 +108,45 @@ def test_keys_of_another_type_under_a_pool_name_are_still_not_ours(redis_url, po
         assert raw.get(free) == b"someone else's string"
     finally:
         raw.delete(free)
+
+
+# -- 10. reads keep working at maxmemory; a refused write is a typed error -----------------------------
+
+
+@pytest.fixture
+def full_server(tmp_path):
+    """A server on a unix socket with little memory and noeviction."""
+    socket_path = tmp_path / "redis.sock"
+    with redis_server("--unixsocket", str(socket_path), "--unixsocketperm", "700",
+                      "--maxmemory", "3mb", "--maxmemory-policy", "noeviction") as server:
+        yield server, f"unix://{socket_path}?db=0"
+
+
+def test_at_maxmemory_reads_work_and_a_write_is_refused_by_name(full_server, pool_name):
+    server, url = full_server
+    pool = RedisPool.create(pool_name, url=url, capacity=400, slot_size=70_000, lease_ttl=0.3)
+    try:
+        handles = []
+        with pytest.raises(RedisOutOfMemory) as info:
+            for i in range(400):
+                handles.append(pool.allocate(f"{i:08d}" + "x" * 60_000))
+        assert "OOM" in str(info.value) and "maxmemory" in str(info.value)
+        assert handles, "the server refused even the first value: maxmemory too low for the test"
+        time.sleep(1.0)  # lease refreshes run at maxmemory too (allow-oom), so this client stays alive
+        assert pool.get(handles[0]).startswith("00000000")
+        assert pool.get(handles[-1]).startswith(f"{len(handles) - 1:08d}")
+        stats = pool.statistics()
+        assert stats.current_usage == len(handles) == len(pool) and pool.capacity == 400
+        other = RedisPool.attach(pool_name, url=url)
+        assert other.get(handles[1]) == pool.get(handles[1])
+        assert pool.recover().dead_clients == ()
+        with pytest.raises(RedisOutOfMemory):
+            other.allocate("small")
+        other.close()
+        pool.release_many(handles)
+        pool.unlink()  # deletes work at maxmemory (allow-oom), and free it
+        pool.close()
+        with RedisPool.create(pool_name, url=url, capacity=2) as again:
+            assert again.get(again.allocate("room again")) == "room again"
+    finally:
+        pool.close()
