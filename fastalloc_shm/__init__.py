@@ -6,8 +6,10 @@ integer handles. `RedisPool` runs the same API on Redis across hosts.
 """
 
 from . import handle
+from .channel import Channel
 from .config import GrowthStrategy, PoolConfig
 from .errors import (
+    ChannelEmpty,
     ConfigError,
     FastallocError,
     IncompatiblePool,
@@ -52,6 +54,8 @@ __all__ = [
     "attach",
     "unlink",
     "handle",
+    "Channel",
+    "ChannelEmpty",
     "FastallocError",
     "PoolExhausted",
     "StaleHandle",

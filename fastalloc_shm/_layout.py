@@ -70,6 +70,18 @@ CLIENT_START: int = _T["CLIENT_START"]
 CLIENT_ALLOCATIONS: int = _T["CLIENT_ALLOCATIONS"]
 CLIENT_DEALLOCATIONS: int = _T["CLIENT_DEALLOCATIONS"]
 MAX_CLIENTS: int = _T["MAX_CLIENTS"]
+CHANNEL_TABLE_OFFSET: int = _T["CHANNEL_TABLE_OFFSET"]
+MAX_CHANNELS: int = _T["MAX_CHANNELS"]
+CHANNEL_BYTES: int = _T["CHANNEL_BYTES"]
+CHANNEL_NAME_BYTES: int = _T["CHANNEL_NAME_BYTES"]
+CH_HEAD: int = _T["CH_HEAD"]
+CH_TAIL: int = _T["CH_TAIL"]
+CH_LENGTH: int = _T["CH_LENGTH"]
+CH_PUTS: int = _T["CH_PUTS"]
+CH_GETS: int = _T["CH_GETS"]
+CH_REQUEUED: int = _T["CH_REQUEUED"]
+CH_WAITING: int = _T["CH_WAITING"]
+CH_WAKE: int = _T["CH_WAKE"]
 HEADER_SIZE: int = _T["HEADER_SIZE"]
 
 # An extent's header (u32 words) and its slot metadata (u32 words per slot).
@@ -101,6 +113,8 @@ CACHED: int = _T["CACHED"]
 WRITING: int = _T["WRITING"]
 TORN: int = _T["TORN"]
 SETTING: int = _T["SETTING"]
+QUEUED: int = _T["QUEUED"]
+TAKEN: int = _T["TAKEN"]
 
 # Pool kinds as the header records them (named in KIND_NAMES), and header flags.
 KIND_FIXED: int = _T["KIND_FIXED"]
@@ -118,7 +132,8 @@ KIND_NAMES: dict[int, str] = {
 """Every pool kind: the code its header records -> the kind's name. The one table of kinds."""
 KIND_CODES: dict[str, int] = {name: code for code, name in KIND_NAMES.items()}
 STATE_NAMES: dict[int, str] = {FREE: "free", ALLOCATED: "allocated", CACHED: "cached", WRITING: "being-written",
-                               TORN: "torn", SETTING: "being-set"}
+                               TORN: "torn", SETTING: "being-set", QUEUED: "queued",
+                               **{TAKEN + ch: "taken" for ch in range(MAX_CHANNELS)}}
 MAX_SLOT_GENERATION = GENERATION_MASK
 # The creator holds an OFD lock on this byte of the main segment until the pool
 # is ready: a segment not ready whose byte nobody holds was left by a dead creator.

@@ -21,6 +21,7 @@ from . import _codec, _core, _trust
 from . import _layout as L
 from .config import PoolConfig
 from .errors import (
+    ChannelEmpty,
     FastallocError,
     InvalidHandle,
     LockTimeout,
@@ -94,6 +95,13 @@ class PoolErrors:
             f"pool {self._name!r}: handle {handle:#x} appears twice in one batch (its second release would be stale); "
             "nothing was released"
         )
+
+    def channel_empty(self, channel: str, timeout: float) -> ChannelEmpty:
+        waited = f"within {timeout:g} s" if timeout else "now"
+        return ChannelEmpty(f"pool {self._name!r}: channel {channel!r} has no item {waited}")
+
+    def channel_limit(self, message: str) -> FastallocError:
+        return FastallocError(f"pool {self._name!r}: {message}; reuse a channel's name")
 
     def untrusted(self, number: int, path: str, uid: int) -> FastallocError:
         return _trust.untrusted_error(uid, path, f"pool {self._name!r} extent {number}")

@@ -5,6 +5,8 @@ Every message says what happened and what to do about it, naming the pool.
 
 from __future__ import annotations
 
+import queue
+
 
 class FastallocError(Exception):
     """Base class of every error this library raises."""
@@ -52,3 +54,7 @@ class SharedMemoryFull(FastallocError):
 
 class ConfigError(FastallocError, ValueError):
     """An invalid configuration value; the message names the field."""
+
+
+class ChannelEmpty(FastallocError, queue.Empty):
+    """A channel had no item within the timeout (a `queue.Empty` too, as `queue.Queue.get` raises)."""

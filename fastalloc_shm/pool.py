@@ -37,6 +37,8 @@ from ._base import NOTHING, Pool, build_config, check_same_config
 from ._growth import Grower
 from ._header import HalfCreated, encode_config, open_ready, write_header
 from ._messages import PoolErrors
+from .channel import Channel
+from .channel import validate_name as validate_channel_name
 from .config import PoolConfig
 from .errors import ConfigError, FastallocError, IncompatiblePool, PoolExistsError, PoolNotFound
 from .report import ClientInfo, RecoveryReport
@@ -467,10 +469,20 @@ class SharedPool(Pool):
             lock_taken_over=taken_over, cached_returned=tally["cached_returned"],
             half_written_freed=tally["half_written_freed"], torn_values=tally["torn_values"],
             orphans_kept=tally["orphans_kept"], orphans_reclaimed=tally["orphans_reclaimed"],
-            corrupt_slots=tally["corrupt_slots"], free_list_rebuilt=bool(freed),
+            corrupt_slots=tally["corrupt_slots"], requeued=tally["requeued"], free_list_rebuilt=bool(freed),
         )
 
     # -- buffers, lifetime ------------------------------------------------------------------
+
+    def channel(self, name: str) -> Channel:
+        """The pool's channel `name` (created if the pool has none of that name; up to 64 per pool).
+
+        >>> todo = pool.channel("todo"); todo.put({"id": 1}); todo.get()  # doctest: +SKIP
+        {'id': 1}
+        """
+        self._check_open()
+        name = validate_channel_name(name)
+        return Channel(self, name, self._core.channel_open(name))
 
     def buffer(self, handle: int) -> memoryview:
         """A writable memoryview of the slot's raw bytes (zero copy; slot_size long).

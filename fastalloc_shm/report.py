@@ -28,6 +28,8 @@ class RecoveryReport:
     """Allocated slots of dead owners freed (orphan_policy='reclaim')."""
     corrupt_slots: int = 0
     """Slot metadata that made no sense, reset to free."""
+    requeued: int = 0
+    """Items a dead consumer had taken from a channel (get_handle), put back at the head of their channel."""
     free_list_rebuilt: bool = False
     """The rebuilt free list holds other slots than before (reordering it is no repair)."""
 
@@ -36,7 +38,7 @@ class RecoveryReport:
         """True when recovery changed anything."""
         return bool(
             self.lock_taken_over or self.cached_returned or self.half_written_freed or self.torn_values
-            or self.orphans_reclaimed or self.corrupt_slots or self.free_list_rebuilt
+            or self.orphans_reclaimed or self.corrupt_slots or self.requeued or self.free_list_rebuilt
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -14,7 +14,9 @@ def test_python_layout_is_the_core_table():
         assert getattr(L, name) == value, name
     assert L.MUTEX_SIZE <= L.MUTEX_BYTES, "pthread_mutex_t does not fit its place in the header"
     assert L.CONFIG_OFFSET + L.MAX_CONFIG_BYTES <= L.CLIENT_TABLE_OFFSET
-    assert L.CLIENT_TABLE_OFFSET + L.MAX_CLIENTS * L.CLIENT_BYTES == L.HEADER_SIZE
+    assert L.CLIENT_TABLE_OFFSET + L.MAX_CLIENTS * L.CLIENT_BYTES == L.CHANNEL_TABLE_OFFSET
+    assert L.CHANNEL_TABLE_OFFSET + L.MAX_CHANNELS * L.CHANNEL_BYTES == L.HEADER_SIZE
+    assert 8 * L.CH_WAKE + 8 <= L.CHANNEL_BYTES and L.CHANNEL_NAME_BYTES <= 8 * L.CH_HEAD
     assert L.EXTENT_TABLE_OFFSET + 16 * L.MAX_EXTENTS <= L.CONFIG_OFFSET
     assert L.HEADER_SIZE % mmap.PAGESIZE == 0
 

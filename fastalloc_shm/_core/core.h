@@ -12,6 +12,7 @@
  *   slots.c       free lists, slot states, handles, the seqlock read
  *   codec.c       values into slots and back (msgpack glue)
  *   magazines.c   ThreadLocalPool's per-process caches of slots
+ *   channels.c    FIFOs of the pool's slots from producers to consumers
  *   recovery.c    judge every slot, rebuild from slot states
  *   operations.c  allocate, get, set, release, batches: the mechanisms composed
  *   type.c        the Core heap type: lifetime, operations in flight, exports
@@ -79,6 +80,8 @@ _Static_assert(sizeof(unsigned long) == 8, "handles are 64-bit: an LP64 platform
 static inline uint64_t pair(uint32_t gen, uint32_t word) { return (uint64_t)gen | ((uint64_t)word << 32); }
 static inline uint32_t state_of(uint32_t word) { return word >> STATE_SHIFT; }
 static inline uint32_t owner_of(uint32_t word) { return word & OWNER_MASK; }
+/* TAKEN + channel: a slot a consumer took from that channel with get_handle (channels.c). */
+static inline int state_is_taken(uint32_t st) { return st >= TAKEN && st < TAKEN + MAX_CHANNELS; }
 #define INCARNATION_MASK ((1u << INCARNATION_BITS) - 1)
 
 /* A failure found where no exception may be raised yet (the lock held): raised by the caller. */
@@ -150,7 +153,7 @@ typedef struct {
 } Core;
 
 /* Repair tallies: what recovery found, by kind. */
-enum { T_CACHED, T_HALF, T_TORN, T_KEPT, T_RECLAIMED, T_CORRUPT, T_IN_USE, T_COUNT };
+enum { T_CACHED, T_HALF, T_TORN, T_KEPT, T_RECLAIMED, T_CORRUPT, T_REQUEUED, T_IN_USE, T_COUNT };
 
 /* What a lock acquisition did besides locking: a repair after a dead holder. */
 typedef struct {
@@ -166,6 +169,7 @@ static int rebuild_locked(Core *c, int reclaim, long *counts, Failure *f);
 static int core_lock_for(Core *c, double timeout, int reclaim, LockInfo *info);
 static void core_unlock(Core *c);
 static int drain(Core *c, Py_ssize_t count);
+static int exported_slot(Core *c, uint64_t index);
 
 #define RAISE(c, code, ...) raise_code((c), (code), Py_BuildValue("(" __VA_ARGS__))
 

@@ -75,11 +75,11 @@ static PyObject *raise_failure(Core *c, const Failure *f)
         snprintf(path, sizeof path, "/dev/shm%s%ld", c->extent_prefix, f->number);
         return RAISE(c, E_UNTRUSTED, "lsI)", f->number, path, f->uid);
     }
-    case E_DAMAGED:
-        return raise_damaged(c, f->what);
-    default:
+    case 0:
         PyErr_SetString(PyExc_SystemError, "fastalloc_shm: a failure without a code");
         return NULL;
+    default: /* E_DAMAGED, E_CHANNEL_LIMIT: (message) */
+        return raise_code(c, f->code, Py_BuildValue("(s)", f->what));
     }
 }
 

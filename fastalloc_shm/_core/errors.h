@@ -19,7 +19,9 @@
     X(E_BUSY_READ, 11, "BUSY_READ")     /* (handle) */ \
     X(E_OS, 12, "OS")                   /* (message) */ \
     X(E_DUPLICATE, 13, "DUPLICATE")     /* (handle) twice in one batch */ \
-    X(E_UNTRUSTED, 14, "UNTRUSTED")     /* (extent number, path, owner uid) */
+    X(E_UNTRUSTED, 14, "UNTRUSTED")     /* (extent number, path, owner uid) */ \
+    X(E_CHANNEL_EMPTY, 15, "CHANNEL_EMPTY") /* (channel name, seconds waited) */ \
+    X(E_CHANNEL_LIMIT, 16, "CHANNEL_LIMIT") /* (message) */
 
 #define X_ENUM(id, value, name) id = value,
 enum { ERROR_CODES(X_ENUM) };

@@ -18,6 +18,8 @@
     X(F_SET_CLAIMED, "set.claimed") X(F_SET_WRITING, "set.writing") X(F_BATCH_TAKING, "batch.taking") \
     X(F_BATCH_RELEASING, "batch.releasing") X(F_MAGAZINE_RELEASE, "magazine.release") \
     X(F_MAGAZINE_CLAIMED, "magazine.claimed") X(F_STEAL_CLAIMED, "steal.claimed") \
+    X(F_CHANNEL_QUEUED, "channel.queued") X(F_CHANNEL_POPPED, "channel.popped") \
+    X(F_CHANNEL_REQUEUED, "channel.requeued") \
     X(F_GROW_CREATED, "grow.created") X(F_RECOVER_REBUILDING, "recover.rebuilding")
 #define X_ENUM(id, text) id,
 enum { F_NONE = 0, FAULT_POINTS(X_ENUM) F_COUNT };

@@ -10,7 +10,11 @@
  *   [512, 4608)     extent table: MAX_EXTENTS x (base index u64, capacity u64)
  *   [4608, 8192)    config record (msgpack), its length in HDR_CONFIG_LEN
  *   [8192, 24576)   client table: MAX_CLIENTS x 64 bytes (one cache line each)
- *   [24576, ...)    extent 0
+ *   [24576, 32768)  channel table: MAX_CHANNELS x 128 bytes: the name (32 bytes, NUL-padded;
+ *                   empty = unused), then u64 words CH_*: head and tail (pool-wide index + 1,
+ *                   0 = none), length, puts, gets, requeued, waiting consumers, and the
+ *                   wake word (its low u32 is the futex a waiting consumer sleeps on)
+ *   [32768, ...)    extent 0
  * Extent k >= 1 is a segment of its own, /dev/shm/fastalloc.<name>.x<k>.
  *
  * Extent:
@@ -28,13 +32,17 @@
  *         slot names a dead process's incarnation after a repair
  *   LEN   packed length of the value
  *   SEQ   allocated: write sequence of set() (odd while writing);
- *         free: the free-list link (next local index + 1, 0 = end)
+ *         free: the free-list link (next local index + 1, 0 = end);
+ *         queued: the channel's link (next pool-wide index + 1, 0 = end)
+ * Channel states: QUEUED (owner = the channel's number; generation UNREADABLE:
+ * the channel owns it) and TAKEN + channel (64..127: taken by get_handle, owner
+ * = the consumer; a dead consumer's is put back at the head of that channel).
  */
 #ifndef FASTALLOC_LAYOUT_H
 #define FASTALLOC_LAYOUT_H
 
 #define LAYOUT_ITEMS(X) \
-    X(LAYOUT_VERSION, 3) \
+    X(LAYOUT_VERSION, 4) \
     X(HDR_MAGIC, 0) X(HDR_VERSION, 1) X(HDR_KIND, 2) X(HDR_READY, 3) \
     X(HDR_CREATOR_PID, 4) X(HDR_CREATOR_START, 5) X(HDR_SLOT_SIZE, 6) X(HDR_STRIDE, 7) \
     X(HDR_ALIGNMENT, 8) X(HDR_CAPACITY, 9) X(HDR_EXTENTS, 10) X(HDR_FREE_HINT, 11) \
@@ -50,14 +58,17 @@
     X(CLIENT_TABLE_OFFSET, 8192) X(MAX_CLIENTS, 256) X(CLIENT_BYTES, 64) \
     X(CLIENT_PID, 0) X(CLIENT_INCARNATION, 1) X(CLIENT_START, 1) \
     X(CLIENT_ALLOCATIONS, 2) X(CLIENT_DEALLOCATIONS, 3) \
-    X(HEADER_SIZE, 24576) \
+    X(CHANNEL_TABLE_OFFSET, 24576) X(MAX_CHANNELS, 64) X(CHANNEL_BYTES, 128) X(CHANNEL_NAME_BYTES, 32) \
+    X(CH_HEAD, 4) X(CH_TAIL, 5) X(CH_LENGTH, 6) X(CH_PUTS, 7) X(CH_GETS, 8) X(CH_REQUEUED, 9) \
+    X(CH_WAITING, 10) X(CH_WAKE, 11) \
+    X(HEADER_SIZE, 32768) \
     X(EXT_CAPACITY, 0) X(EXT_HEAD, 1) X(EXT_FRESH, 2) X(EXT_MAGIC, 3) X(EXT_POOL_ID_LOW, 4) X(EXT_POOL_ID_HIGH, 5) \
     X(EXT_HEADER_BYTES, 64) X(EXTENT_MAGIC, 0x46415854) \
     X(META_WORDS, 4) X(META_BYTES, 16) \
     X(META_GEN, 0) X(META_WORD, 1) X(META_LEN, 2) X(META_SEQ, 3) \
     X(UNREADABLE, 0x80000000u) X(GENERATION_MASK, 0x7FFFFFFF) \
     X(STATE_SHIFT, 24) X(OWNER_MASK, 0xFFFFFF) X(INCARNATION_BITS, 15) X(ORPHAN_OWNER, 0xFF8000) \
-    X(FREE, 0) X(ALLOCATED, 1) X(CACHED, 2) X(WRITING, 3) X(TORN, 4) X(SETTING, 5) \
+    X(FREE, 0) X(ALLOCATED, 1) X(CACHED, 2) X(WRITING, 3) X(TORN, 4) X(SETTING, 5) X(QUEUED, 6) X(TAKEN, 64) \
     X(KIND_FIXED, 1) X(KIND_GROWING, 2) X(KIND_THREADLOCAL, 3) X(KIND_THREADSAFE, 4) \
     X(FLAG_HUGE_PAGES_ADVISED, 1)
 

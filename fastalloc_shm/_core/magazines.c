@@ -48,7 +48,7 @@ static int refill(Core *c)
         PyErr_NoMemory();
         return -1;
     }
-    Py_ssize_t n = take_many(c, c->batch, 1, CACHED, t);
+    Py_ssize_t n = take_many(c, c->batch, 1, CACHED, t, NULL, NULL);
     if (n < 0) {
         PyMem_Free(t);
         return (int)n;

@@ -6,8 +6,6 @@
  * type.c wraps each in op_enter/op_leave, so close() never unmaps under it.
  */
 
-static int exported_slot(Core *c, uint64_t index);
-
 static int parse_timeout(PyObject *obj, double *timeout)
 {
     *timeout = -1;
@@ -65,7 +63,7 @@ static PyObject *allocate_impl(Core *c, PyObject *const *args, Py_ssize_t nargs,
     if (from_magazine) {
         h = magazine_publish(c, t.e, t.local, &p);
     } else {
-        if (take_for_allocate(c, timeout, &t.e, &t.local, WRITING) == 1) {
+        if (take_for_allocate(c, timeout, &t.e, &t.local, WRITING, NULL, NULL) == 1) {
             h = handle_of_taken(t.e, t.local);
             if (h)
                 write_and_publish(c, t.e, t.local, &p);
@@ -196,7 +194,9 @@ static PyObject *set_impl(Core *c, PyObject *const *args, Py_ssize_t nargs)
     copy_packed(dst, &p);
     STORE(&m[META_LEN], (uint32_t)packed_size(&p));
     STORE_REL(&m[META_SEQ], seq + 1);
-    STORE_REL(pm, pair(gen, (ALLOCATED << STATE_SHIFT) | owner_of(w)));
+    /* Published as it was claimed: allocated, or still taken from its channel (a torn value: allocated). */
+    uint32_t published = state_is_taken(state_of(w)) ? w : (ALLOCATED << STATE_SHIFT) | owner_of(w);
+    STORE_REL(pm, pair(gen, published));
     core_unlock(c);
     packed_done(&p);
     Py_RETURN_NONE;
@@ -228,7 +228,7 @@ static PyObject *allocate_many_impl(Core *c, PyObject *values)
     result = PyList_New(n); /* before taking: a collection it triggers runs no code with slots in hand */
     if (!result || !n)
         goto done;
-    Py_ssize_t got = take_many(c, n, n, WRITING, taken);
+    Py_ssize_t got = take_many(c, n, n, WRITING, taken, NULL, NULL);
     if (got == -2)
         exhausted(c, n);
     if (got < 0) {
@@ -457,7 +457,7 @@ static PyObject *pre_initialize_impl(Core *c, PyObject *value)
 static PyObject *take_slot_impl(Core *c)
 {
     Taken t;
-    if (take_for_allocate(c, -1, &t.e, &t.local, WRITING) < 0)
+    if (take_for_allocate(c, -1, &t.e, &t.local, WRITING, NULL, NULL) < 0)
         return NULL;
     uint32_t n = LOAD(&meta_of(t.e, t.local)[META_LEN]);
     PyObject *previous = n && n <= c->geo.slot_size

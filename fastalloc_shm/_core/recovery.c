@@ -7,6 +7,8 @@
  *   cached by a dead owner           -> freed (its magazine died with it)
  *   being set() when its setter died -> torn if the sequence is odd, else allocated
  *   allocated by a dead owner        -> kept (re-owned by ORPHAN_OWNER), or freed when `reclaim`
+ *   queued on a channel              -> kept; linked at the tail if its list does not reach it
+ *   taken from a channel by a dead consumer -> put back at the head of that channel
  *   metadata that makes no sense     -> freed, counted corrupt
  * then the free lists, the totals and the free-slot count are derived again.
  * A live process may release a slot into its magazine meanwhile (lock-free),
@@ -16,9 +18,9 @@
  */
 
 static const char *tally_names[T_COUNT] = {"cached_returned", "half_written_freed", "torn_values", "orphans_kept",
-                                           "orphans_reclaimed", "corrupt_slots", "in_use"};
+                                           "orphans_reclaimed", "corrupt_slots", "requeued", "in_use"};
 
-enum { SLOT_KEEP, SLOT_FREE, SLOT_TORN_NOW };
+enum { SLOT_KEEP, SLOT_FREE, SLOT_TORN_NOW, SLOT_QUEUED, SLOT_REQUEUE };
 
 /* What recovery makes of one slot's pair `cur`: the pair it should hold (*want), counted in `found`. */
 static int judge_slot(Core *c, const uint32_t *m, uint64_t cur, int reclaim, signed char *alive, long *found, uint64_t *want)
@@ -27,10 +29,22 @@ static int judge_slot(Core *c, const uint32_t *m, uint64_t cur, int reclaim, sig
     uint32_t st = state_of(word), owner = owner_of(word), seq = LOAD(&m[META_SEQ]);
     int verdict = SLOT_KEEP, bump = 1;
     *want = cur;
-    if ((g & GENERATION_MASK) == 0 || st > SETTING) {
+    if ((g & GENERATION_MASK) == 0 || (st > SETTING && st != QUEUED && !state_is_taken(st))
+        || (st == QUEUED && (owner >= MAX_CHANNELS || !channel_in_use(c, (int)owner)))
+        || (state_is_taken(st) && !channel_in_use(c, (int)(st - TAKEN)))) {
         found[T_CORRUPT]++;
         verdict = SLOT_FREE;
         g = 0;
+    } else if (st == QUEUED) {
+        found[T_IN_USE]++;
+        verdict = SLOT_QUEUED;
+    } else if (state_is_taken(st)) {
+        found[T_IN_USE]++;
+        if (!owner_alive(c, owner, alive)) {
+            found[T_REQUEUED]++;
+            verdict = SLOT_REQUEUE; /* at-least-once: back at the head of its channel */
+            *want = pair(next_generation(g) | UNREADABLE, (QUEUED << STATE_SHIFT) | (st - TAKEN));
+        }
     } else if (st == FREE) {
         verdict = SLOT_FREE;
         bump = 0;
@@ -86,13 +100,18 @@ static int judge_slot(Core *c, const uint32_t *m, uint64_t cur, int reclaim, sig
     return verdict;
 }
 
-/* Rebuild every extent from slot states and re-derive the counters and the
- * semaphore (lock held; no Python). 0 with `counts` added to; -1 with nothing
- * written when not every extent can be mapped (f filled). */
+/* Rebuild every extent from slot states, every channel's list, and re-derive the
+ * counters and the semaphore (lock held; no Python). 0 with `counts` added to; -1
+ * with nothing written when not every extent can be mapped (f filled). */
 static int rebuild_locked(Core *c, int reclaim, long *counts, Failure *f)
 {
     if (map_extents_to(c, LOAD(&c->hdr[HDR_EXTENTS]), f) < 0)
         return -1;
+    uint64_t pool_slots = c->ext[c->n_ext - 1].first + c->ext[c->n_ext - 1].cap;
+    uint8_t *linked = calloc((size_t)(pool_slots / 8 + 1), 1); /* C memory: no Python under the lock */
+    if (!linked)
+        return fail(f, E_OS, "no memory for the repair's channel map");
+    channels_relink(c, linked, pool_slots);
     signed char alive[MAX_CLIENTS];
     memset(alive, -1, sizeof alive);
     /* Fold the counters of entries whose process is gone into the header. */
@@ -141,11 +160,18 @@ static int rebuild_locked(Core *c, int reclaim, long *counts, Failure *f)
             for (int t = 0; t < T_COUNT; t++)
                 counts[t] += found[t];
             in_use += found[T_IN_USE];
+            uint64_t index = e->first + i;
             if (verdict == SLOT_FREE) {
                 push_slot(e, i); /* its sequence word becomes the link */
                 free_total++;
             } else if (verdict == SLOT_TORN_NOW) {
                 m[META_SEQ]++; /* even again: a reader sees the torn mark, not a write in progress */
+            } else if (verdict == SLOT_QUEUED && !(linked[index >> 3] & (1u << (index & 7)))) {
+                m[META_SEQ] = 0; /* queued, but its list did not reach it (a put or a get died) */
+                channel_append(c, (int)owner_of((uint32_t)(want >> 32)), index);
+            } else if (verdict == SLOT_REQUEUE) {
+                channel_link_front(c, (int)owner_of((uint32_t)(want >> 32)), e, i);
+                FAULT(F_CHANNEL_REQUEUED);
             }
             if (i == fresh / 2)
                 FAULT(F_RECOVER_REBUILDING);
@@ -154,6 +180,7 @@ static int rebuild_locked(Core *c, int reclaim, long *counts, Failure *f)
         free_total += e->cap - fresh;
         capacity += e->cap;
     }
+    free(linked);
     c->hdr[HDR_FREE_HINT] = 0;
     c->hdr[HDR_IN_USE] = (uint64_t)in_use - live_delta;
     c->hdr[HDR_CAPACITY] = capacity;
@@ -176,5 +203,6 @@ static PyObject *tally_dict(const long *counts)
 
 static long repairs_in(const long *counts)
 {
-    return counts[T_CACHED] + counts[T_HALF] + counts[T_TORN] + counts[T_RECLAIMED] + counts[T_CORRUPT];
+    return counts[T_CACHED] + counts[T_HALF] + counts[T_TORN] + counts[T_RECLAIMED] + counts[T_CORRUPT]
+           + counts[T_REQUEUED];
 }

@@ -27,10 +27,12 @@ static inline uint32_t next_generation(uint32_t gen)
     return gen >= GENERATION_MASK ? 1 : gen + 1;
 }
 
-/* Does (g, w) hold a value the handle's generation names: published, or torn? */
+/* Does (g, w) hold a value the handle's generation names: published (allocated, or taken
+ * from a channel), or torn? */
 static inline int holds_value(uint32_t g, uint32_t w, uint32_t gen)
 {
-    return (g == gen && state_of(w) == ALLOCATED) || (g == (gen | UNREADABLE) && state_of(w) == TORN);
+    return (g == gen && (state_of(w) == ALLOCATED || state_is_taken(state_of(w))))
+           || (g == (gen | UNREADABLE) && state_of(w) == TORN);
 }
 
 /* ---- free lists (lock held) ---- */
@@ -295,9 +297,14 @@ static PyObject *exhausted(Core *c, Py_ssize_t wanted)
     return RAISE(c, E_EXHAUSTED, "n)", wanted);
 }
 
+/* Called under the lock with a slot just taken (a channel's put writes and queues it there). */
+typedef void (*TakenHook)(Core *c, Extent *e, uint32_t local, void *arg);
+
 /* Take one slot for a new value, waiting up to `timeout` s (<= 0: no wait) for a
- * release. 1 taken (*ep, *local; the caller writes it), -1 exception. */
-static int take_for_allocate(Core *c, double timeout, Extent **ep, uint32_t *local, uint32_t state)
+ * release. 1 taken (*ep, *local; the caller writes it, or `then` did under the lock),
+ * -1 exception. */
+static int take_for_allocate(Core *c, double timeout, Extent **ep, uint32_t *local, uint32_t state, TakenHook then,
+                             void *arg)
 {
     double deadline = timeout > 0 ? monotonic_now() + timeout : 0;
     for (;;) {
@@ -323,6 +330,8 @@ static int take_for_allocate(Core *c, double timeout, Extent **ep, uint32_t *loc
             if (state == WRITING)
                 count_allocations(c, 1);
             FAULT(F_ALLOC_POPPED);
+            if (then)
+                then(c, *ep, *local, arg);
         }
         core_unlock(c);
         if (got == 1)
@@ -359,8 +368,10 @@ static int take_for_allocate(Core *c, double timeout, Extent **ep, uint32_t *loc
 }
 
 /* Take `count` slots (at least `minimum`) under one acquisition, growing as
- * policy allows. n taken; -1 exception; -2 full (nothing raised: the caller decides). */
-static Py_ssize_t take_many(Core *c, Py_ssize_t count, Py_ssize_t minimum, uint32_t state, Taken *t)
+ * policy allows; `then` runs under the lock for each slot taken. n taken; -1
+ * exception; -2 full (nothing raised: the caller decides). */
+static Py_ssize_t take_many(Core *c, Py_ssize_t count, Py_ssize_t minimum, uint32_t state, Taken *t, TakenHook then,
+                            void *arg)
 {
     for (;;) {
         if (map_new_extents(c) < 0 || core_lock(c) < 0)
@@ -378,6 +389,8 @@ static Py_ssize_t take_many(Core *c, Py_ssize_t count, Py_ssize_t minimum, uint3
         if (got >= 0 && n >= minimum) {
             if (state == WRITING)
                 count_allocations(c, (uint64_t)n);
+            for (Py_ssize_t i = 0; then && i < n; i++)
+                then(c, t[i].e, t[i].local, arg);
             core_unlock(c);
             tokens_take(c, listed);
             return n;

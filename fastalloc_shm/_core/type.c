@@ -446,6 +446,94 @@ static PyObject *Core_reset_statistics(Core *c, PyObject *unused) { GUARDED(rese
 static PyObject *Core_clients(Core *c, PyObject *unused) { GUARDED(clients_impl(c)); }
 static PyObject *Core_slot_states(Core *c, PyObject *unused) { GUARDED(slot_states_impl(c)); }
 
+static PyObject *Core_channel_open(Core *c, PyObject *name) { GUARDED(channel_open_impl(c, name)); }
+static PyObject *Core_channels(Core *c, PyObject *unused) { GUARDED(channels_impl(c)); }
+
+/* A channel call's (channel number, ..., timeout) arguments; timeout None -> -1 (forever). */
+static int channel_args(PyObject *args, const char *format, int *ch, PyObject **obj, Py_ssize_t *count, double *timeout)
+{
+    PyObject *timeout_obj = Py_None;
+    int ok = obj ? PyArg_ParseTuple(args, format, ch, obj, &timeout_obj)
+                 : count ? PyArg_ParseTuple(args, format, ch, count, &timeout_obj) : PyArg_ParseTuple(args, format, ch, &timeout_obj);
+    if (!ok || parse_timeout(timeout_obj, timeout) < 0)
+        return -1;
+    return 0;
+}
+
+static PyObject *Core_channel_put(Core *c, PyObject *args)
+{
+    int ch;
+    PyObject *value;
+    double timeout;
+    if (channel_args(args, "iO|O", &ch, &value, NULL, &timeout) < 0)
+        return NULL;
+    GUARDED(channel_put_impl(c, ch, value, timeout));
+}
+
+static PyObject *Core_channel_put_many(Core *c, PyObject *args)
+{
+    int ch;
+    PyObject *values;
+    double timeout;
+    if (channel_args(args, "iO|O", &ch, &values, NULL, &timeout) < 0)
+        return NULL;
+    GUARDED(channel_put_many_impl(c, ch, values, timeout));
+}
+
+static PyObject *Core_channel_put_handle(Core *c, PyObject *args)
+{
+    int ch;
+    PyObject *h;
+    if (!PyArg_ParseTuple(args, "iO", &ch, &h))
+        return NULL;
+    GUARDED(channel_put_handle_impl(c, ch, h));
+}
+
+static PyObject *Core_channel_get(Core *c, PyObject *args)
+{
+    int ch;
+    double timeout;
+    if (channel_args(args, "i|O", &ch, NULL, NULL, &timeout) < 0)
+        return NULL;
+    GUARDED(channel_get_impl(c, ch, timeout));
+}
+
+static PyObject *Core_channel_get_handle(Core *c, PyObject *args)
+{
+    int ch;
+    double timeout;
+    if (channel_args(args, "i|O", &ch, NULL, NULL, &timeout) < 0)
+        return NULL;
+    GUARDED(channel_get_handle_impl(c, ch, timeout));
+}
+
+static PyObject *Core_channel_get_many(Core *c, PyObject *args)
+{
+    int ch;
+    Py_ssize_t max_items;
+    double timeout;
+    if (channel_args(args, "in|O", &ch, NULL, &max_items, &timeout) < 0)
+        return NULL;
+    GUARDED(channel_get_many_impl(c, ch, max_items, timeout));
+}
+
+static PyObject *Core_channel_wait(Core *c, PyObject *args)
+{
+    int ch;
+    double seconds;
+    if (!PyArg_ParseTuple(args, "id", &ch, &seconds))
+        return NULL;
+    GUARDED(channel_watch_impl(c, ch, seconds));
+}
+
+static PyObject *Core_channel_stats(Core *c, PyObject *arg)
+{
+    int ch = PyLong_AsLong(arg);
+    if (ch == -1 && PyErr_Occurred())
+        return NULL;
+    GUARDED(channel_stats_impl(c, ch));
+}
+
 static PyObject *Core_get_entry(Core *c, void *unused) { return PyLong_FromLong(c->entry); }
 static PyObject *Core_get_extents(Core *c, void *unused) { return PyLong_FromLong(c->n_ext); }
 static PyObject *Core_get_cached(Core *c, void *unused) { return PyLong_FromSsize_t(c->mag_len); }
@@ -519,6 +607,26 @@ static PyMethodDef Core_methods[] = {
      "close($self, /)\n--\n\nLeave the client table and unmap, once no operation is inside.\n\n"
      "Waits up to lock_timeout for other threads' operations to leave; BufferError\n"
      "while a memoryview from buffer() is exported."},
+    {"channel_open", (PyCFunction)Core_channel_open, METH_O,
+     "channel_open($self, name, /)\n--\n\nThe number of channel `name`, created if the pool has none of that name."},
+    {"channels", (PyCFunction)Core_channels, METH_NOARGS,
+     "channels($self, /)\n--\n\nEvery channel entry's name, by number (None when free)."},
+    {"channel_put", (PyCFunction)Core_channel_put, METH_VARARGS,
+     "channel_put($self, channel, value, timeout=None, /)\n--\n\nAllocate a slot for `value` and queue it."},
+    {"channel_put_many", (PyCFunction)Core_channel_put_many, METH_VARARGS,
+     "channel_put_many($self, channel, values, timeout=None, /)\n--\n\nQueue every value, all or nothing."},
+    {"channel_put_handle", (PyCFunction)Core_channel_put_handle, METH_VARARGS,
+     "channel_put_handle($self, channel, handle, /)\n--\n\nQueue a slot the caller holds; the handle is stale after."},
+    {"channel_get", (PyCFunction)Core_channel_get, METH_VARARGS,
+     "channel_get($self, channel, timeout=None, /)\n--\n\nWait for an item, read it and release its slot."},
+    {"channel_get_handle", (PyCFunction)Core_channel_get_handle, METH_VARARGS,
+     "channel_get_handle($self, channel, timeout=None, /)\n--\n\nWait for an item and take it: its handle."},
+    {"channel_get_many", (PyCFunction)Core_channel_get_many, METH_VARARGS,
+     "channel_get_many($self, channel, max_items, timeout=None, /)\n--\n\nWait for items; up to max_items values."},
+    {"channel_wait", (PyCFunction)Core_channel_wait, METH_VARARGS,
+     "channel_wait($self, channel, seconds, /)\n--\n\nTrue if the channel has an item; else wait (at most a slice) for a put."},
+    {"channel_stats", (PyCFunction)Core_channel_stats, METH_O,
+     "channel_stats($self, channel, /)\n--\n\nThe channel's name, length and counters."},
     {"after_fork", (PyCFunction)Core_after_fork, METH_O,
      "after_fork($self, start_ticks, /)\n--\n\nIn a forked child: a client entry of its own."},
     {NULL, NULL, 0, NULL},

@@ -16,6 +16,7 @@
 #include "slots.c"
 #include "codec.c"
 #include "magazines.c"
+#include "channels.c"
 #include "recovery.c"
 #include "statistics.c"
 #include "operations.c"
