@@ -152,8 +152,7 @@ class RedisPool(Pool):
     _creator = False
     _closed = True
     _client_id: int | None = None
-    _lease_stop: threading.Event | None = None
-    _lease_thread: threading.Thread | None = None
+    _farewell: weakref.finalize | None = None
 
     def __init__(
         self,
@@ -453,18 +452,12 @@ class RedisPool(Pool):
             return
         self._closed = True
         _open_pools.discard(self)
-        if self._lease_stop is not None:
-            self._lease_stop.set()
-            if self._lease_thread is not None and self._lease_thread is not threading.current_thread():
-                self._lease_thread.join(timeout=1.0)
         conn = self._conn
         self._conn = _ClosedConnection(self._name)
-        if self._client_id is not None:
-            # A client that owns slots stays registered, so recover() can still act on them.
-            with contextlib.suppress(ScriptError, FastallocError):
-                conn.run(GOODBYE, [*self._keys, lease_key(self._name, self._client_id)],
-                         (self._incarnation, self._client_id))
-            self._client_id = None
+        if self._farewell is not None:
+            self._farewell()  # stops the lease thread, then deletes the lease and the registry entry
+            self._farewell = None
+        self._client_id = None
         conn.close()
 
     def unlink(self) -> None:
@@ -562,20 +555,25 @@ class RedisPool(Pool):
                 stop = threading.Event()
                 thread = threading.Thread(
                     target=_keep_lease,
-                    args=(self._conn, keys, (self._incarnation, client, ttl_ms), self._lease_ttl / 3, stop),
+                    args=(self._conn, self._name, keys, (self._incarnation, client, ttl_ms), self._lease_ttl / 3,
+                          stop),
                     name=f"fastalloc-lease-{self._name}",
                     daemon=True,
                 )
                 thread.start()
-                weakref.finalize(self, stop.set)
-                self._lease_stop, self._lease_thread = stop, thread
+                # Runs once: at close(), when the pool is garbage, or at interpreter exit (finalize's
+                # atexit), so a process that never calls close() leaves no lease or registry entry.
+                self._farewell = weakref.finalize(self, _farewell, os.getpid(), self._conn, keys,
+                                                  (self._incarnation, client), stop, thread)
                 self._client_id = client
             return self._client_id
 
     def _forget_client(self) -> None:
         """In a forked child: the lease and its thread are the parent's; register anew when allocating."""
         self._client_id = None
-        self._lease_stop = self._lease_thread = None
+        if self._farewell is not None:
+            self._farewell.detach()  # the parent's to say, not this child's
+            self._farewell = None
         self._register_lock = threading.Lock()
 
     def _custom_growth(self, capacity: int) -> int:
@@ -665,18 +663,51 @@ def _attach_pickled(name: str, url: str, cluster: bool, lease_ttl: float, allow_
         ) from None
 
 
+# The lease thread prunes the registry once per this many refreshes (about one lease period).
+_PRUNE_EVERY = 3
+
+
 def _keep_lease(
-    conn: Connection, keys: list[str], args: tuple[str, int, int], interval: float, stop: threading.Event
+    conn: Connection, name: str, keys: list[str], args: tuple[str, int, int], interval: float,
+    stop: threading.Event,
 ) -> None:
-    """Body of a lease thread: refresh until stopped, or until the pool is gone."""
+    """Body of a lease thread: refresh until stopped, or until the pool is gone; about once a lease
+    period also drop registry entries of clients whose lease expired and who own nothing (processes
+    killed before they could say goodbye), so the registry holds the live clients, those that died
+    within one lease period, and the dead that own slots (for recover())."""
+    refreshes = 0
     while not stop.wait(interval):
         try:
             if not conn.run(TOUCH, keys, args):
                 return
+            refreshes += 1
+            if refreshes % _PRUNE_EVERY == 0 and not stop.is_set():
+                _prune(conn, name, keys[:-1], args[0])
         except ScriptError:
             return
         except FastallocError as exc:
             _log.warning("fastalloc-shm: lease refresh failed, retrying in %.2f s: %s", interval, exc)
+
+
+def _prune(conn: Connection, name: str, keys: list[str], incarnation: str) -> None:
+    """Unregister the clients of pool `name` whose lease expired and who own no slot (RECOVER, keeping)."""
+    clients = sorted(int(c) for c in conn.command("SMEMBERS", keys[6]))
+    if clients:
+        conn.run(RECOVER, [*keys, *(lease_key(name, c) for c in clients)], (incarnation, "keep", *clients))
+
+
+def _farewell(pid: int, conn: Connection, keys: list[str], args: tuple[str, int], stop: threading.Event,
+              thread: threading.Thread) -> None:
+    """A client leaves: stop its lease thread, delete its lease and (if it owns no slot: one that does
+    stays registered, so recover() can act on its slots) its registry entry. Only in the process that
+    registered it: a forked child inherits the finalizer, not the client."""
+    stop.set()
+    if os.getpid() != pid:
+        return
+    if thread is not threading.current_thread():
+        thread.join(timeout=1.0)
+    with contextlib.suppress(ScriptError, FastallocError):
+        conn.run(GOODBYE, keys, args)
 
 
 def _after_fork_in_child() -> None:

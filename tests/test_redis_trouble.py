@@ -6,7 +6,11 @@ where it will do, private ones (own config, loopback or a unix socket) where a t
 from __future__ import annotations
 
 import pickle
+import subprocess
+import sys
+import textwrap
 import time
+from pathlib import Path
 
 import pytest
 import redis
@@ -17,9 +21,19 @@ from fastalloc_shm.redis_pool import RedisOutOfMemory, unlink_pool
 
 from .redis_servers import redis_server
 
+ROOT = Path(__file__).resolve().parents[1]
+
 
 def keys_of(client: redis.Redis, name: str) -> list[bytes]:
     return sorted(client.scan_iter(match=f"{{fastalloc.{name}}}*"))
+
+
+def registry(client: redis.Redis, name: str) -> set[int]:
+    return {int(c) for c in client.smembers(f"{{fastalloc.{name}}}:clients")}
+
+
+def leases(client: redis.Redis, name: str) -> list[bytes]:
+    return list(client.scan_iter(match=f"{{fastalloc.{name}}}:lease:*"))
 
 
 @pytest.fixture
@@ -150,3 +164,90 @@ def test_at_maxmemory_reads_work_and_a_write_is_refused_by_name(full_server, poo
             assert again.get(again.allocate("room again")) == "room again"
     finally:
         pool.close()
+
+
+# -- 11. clients come and go cleanly ---------------------------------------------------------------------
+
+
+FORK_50 = textwrap.dedent("""
+    import os, sys
+    from fastalloc_shm import RedisPool
+    name, url = sys.argv[1], sys.argv[2]
+    parent = RedisPool.attach(name, url=url, lease_ttl=0.5)
+    parent.release(parent.allocate("parent"))  # registered: 50 forked children inherit it
+    children = []
+    for i in range(50):
+        pid = os.fork()
+        if pid == 0:
+            pool = RedisPool.attach(name, url=url, lease_ttl=0.5)
+            pool.release(pool.allocate(i))
+            parent.release(parent.allocate(i))  # the inherited instance registers anew in the child
+            sys.exit(0)  # no close(): interpreter exit says goodbye
+        children.append(pid)
+    for pid in children:
+        assert os.waitpid(pid, 0)[1] == 0
+    print(parent._client_id, flush=True)
+    sys.stdin.readline()  # the test looks at the registry now; then this process exits, also without close()
+""")
+
+
+def test_processes_that_exit_without_close_leave_no_lease_and_no_registry_entry(redis_url, pool_name, raw):
+    with RedisPool.create(pool_name, url=redis_url, capacity=64) as pool:
+        run = subprocess.Popen([sys.executable, "-c", FORK_50, pool_name, redis_url], cwd=ROOT,
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            parent_id = int(run.stdout.readline())
+            # 101 clients came and went; only the live parent is left, its lease intact.
+            assert registry(raw, pool_name) == {parent_id}
+            assert [int(k.rsplit(b":", 1)[1]) for k in leases(raw, pool_name)] == [parent_id]
+            run.stdin.write("\n")
+            run.stdin.flush()
+            assert run.wait(timeout=60) == 0, run.stderr.read()
+        finally:
+            if run.poll() is None:
+                run.kill()
+                run.wait()
+        assert registry(raw, pool_name) == set() and leases(raw, pool_name) == []
+        time.sleep(0.6)  # one lease period, then a prune: still nothing
+        pool.recover()
+        assert registry(raw, pool_name) == set() and len(pool) == 0
+
+
+KILLED = textwrap.dedent("""
+    import os, sys
+    from fastalloc_shm import RedisPool
+    pool = RedisPool.attach(sys.argv[1], url=sys.argv[2], lease_ttl=0.5)
+    pool.release(pool.allocate("x"))
+    os._exit(0)  # no atexit, no goodbye: as a kill -9 leaves it
+""")
+
+
+def test_the_registry_of_a_live_pool_drops_clients_dead_for_a_lease_period(redis_url, pool_name, raw):
+    with RedisPool.create(pool_name, url=redis_url, capacity=8, lease_ttl=0.5) as pool:
+        held = pool.allocate("alive")  # this client's lease thread is what prunes; nobody calls recover()
+        me = pool._client_id
+        dead = [subprocess.Popen([sys.executable, "-c", KILLED, pool_name, redis_url], cwd=ROOT) for _ in range(8)]
+        assert [p.wait(timeout=60) for p in dead] == [0] * 8
+        assert len(registry(raw, pool_name)) == 9
+        deadline = time.monotonic() + 10
+        while registry(raw, pool_name) != {me} and time.monotonic() < deadline:
+            time.sleep(0.1)
+        # Dead for at most a lease period (0.5 s), then gone within the next prune (about one more).
+        assert registry(raw, pool_name) == {me}
+        assert pool.get(held) == "alive"
+        pool.release(held)
+
+
+def test_close_removes_the_lease_and_the_entry_of_a_client_that_owns_nothing(redis_url, pool_name, raw):
+    with RedisPool.create(pool_name, url=redis_url, capacity=4) as pool:
+        other = RedisPool.attach(pool_name, url=redis_url)
+        kept = other.allocate("handed on")
+        other.close()  # owns a slot: stays registered for recover(), its lease gone
+        assert len(registry(raw, pool_name)) == 1 and leases(raw, pool_name) == []
+        third = RedisPool.attach(pool_name, url=redis_url)
+        third.release(third.allocate(1))
+        del third  # garbage, never closed: the finalizer says goodbye
+        assert len(registry(raw, pool_name)) == 1
+        pool.release(kept)
+        pool.recover()
+        assert registry(raw, pool_name) == set()
