@@ -88,3 +88,14 @@ coverage: $(COV_STAMP)
 	  --txt-metric $$metric --txt $$metric.txt && cat $$metric.txt || exit 1; done
 	@echo "reports: $(COV_DIR)/line.txt branch.txt python.txt; pytest exit status $$(cat $(COV_DIR)/pytest.status)"
 	@exit $$(cat $(COV_DIR)/pytest.status)
+
+# Mutation testing, not in CI (README, Development): (a) the C core's semantic mutants of
+# tools/mutants.toml, each applied to a copy in build/mutants/<id>, rebuilt and run against the suite
+# (-x, the most sensitive files first); every one must be killed. (b) mutmut on the Python modules
+# that decide things, one at a time in build/mutmut/<module>. Survivors: tests/MUTANTS.md.
+# MUTANTS_ARGS passes options to (a), e.g. MUTANTS_ARGS="--only drain-any-owner".
+.PHONY: mutants
+mutants: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[test,redis,daemon,bench,mutants]'
+	nice -n 10 $(BIN)/python tools/mutants.py c $(MUTANTS_ARGS)
+	nice -n 10 $(BIN)/python tools/mutants.py mutmut
