@@ -101,6 +101,8 @@ local MAX_GENERATION = @MAX_GENERATION@
 local INDEX_LIMIT = @INDEX_LIMIT@
 -- Values per multi-argument command: Lua's unpack() fails near 8000.
 local CHUNK = 1000
+-- Slots one step of a long walk (recover's reclaim) visits: the server is never held for long.
+local STEP = 1000
 
 local function fail(code, ...)
   local parts = {'FASTALLOC', code}
@@ -238,7 +240,7 @@ return 1
 GOODBYE = Script("goodbye", _lua(ALLOW_OOM) + _PRELUDE + """
 local m = redis.call('HMGET', META, 'layout', 'incarnation')
 if not_a_pool(m[1], m[2]) then return 0 end
-redis.call('DEL', KEYS[8])
+redis.call('UNLINK', KEYS[8])
 if redis.call('HEXISTS', OWNED, ARGV[2]) == 0 then redis.call('SREM', CLIENTS, ARGV[2]) end
 return 1
 """)
@@ -391,42 +393,68 @@ return 1
 """)
 
 # ARGV[2]: 'keep' or 'reclaim'. KEYS[8...]: the leases of the clients in ARGV[3...].
-# Returns {orphans kept, orphans reclaimed, dead client ids...}.
+# Returns {orphans kept, 0, dead client ids...}. Dead clients that own nothing leave the
+# registry; under 'reclaim' the client then frees the dead ones' slots by RECLAIM steps.
 RECOVER = Script("recover", _lua(ALLOW_OOM) + _PRELUDE + """
 local m = redis.call('HMGET', META, 'layout', 'incarnation')
 local bad = not_a_pool(m[1], m[2])
 if bad then return bad end
-local reclaim, dead, is_dead = ARGV[2] == 'reclaim', {}, {}
+local reclaim, dead = ARGV[2] == 'reclaim', {}
 for k = 3, #ARGV do
-  if redis.call('EXISTS', KEYS[5 + k]) == 0 then
-    dead[#dead + 1] = ARGV[k]
-    is_dead[ARGV[k]] = true
-  end
+  if redis.call('EXISTS', KEYS[5 + k]) == 0 then dead[#dead + 1] = ARGV[k] end
 end
-local kept, reclaimed = 0, 0
+local kept = 0
 for _, c in ipairs(dead) do
   local owned = tonumber(redis.call('HGET', OWNED, c)) or 0
-  -- A dead client whose slots are kept stays registered, so a later reclaim finds them.
-  if owned == 0 or reclaim then redis.call('SREM', CLIENTS, c) end
+  -- A dead client that owns slots stays registered, so a later reclaim (or this one's steps) finds them.
+  if owned == 0 then redis.call('SREM', CLIENTS, c) end
   if not reclaim then kept = kept + owned end
 end
-if reclaim and #dead > 0 then
-  local flat, idx = redis.call('HGETALL', OWNER), {}
-  for k = 1, #flat, 2 do
-    if is_dead[flat[k + 1]] then idx[#idx + 1] = flat[k] end
-  end
-  if #idx > 0 then
-    free_slots(idx, batched('HMGET', GEN, idx, CHUNK))
-    redis.call('HINCRBY', META, 'in_use', -#idx)
-    redis.call('HINCRBY', META, 'total_deallocations', #idx)
-    redis.call('HINCRBY', META, 'recoveries', 1)
-  end
-  for _, c in ipairs(dead) do redis.call('HDEL', OWNED, c) end
-  reclaimed = #idx
-end
-local reply = {kept, reclaimed}
+local reply = {kept, 0}
 for _, c in ipairs(dead) do reply[#reply + 1] = c end
 return reply
+""")
+
+# One step of a reclaim: frees the slots of dead clients among the next ~STEP entries of the owner
+# hash (HSCAN from cursor ARGV[2]), so no call holds the server for long however big the pool.
+# ARGV[3]: slots freed by the earlier steps; ARGV[4...]: the dead clients, KEYS[8...] their leases
+# (a client whose lease is back, alive after all, is left alone). The last step (next cursor 0)
+# unregisters the dead and counts the recovery. Returns {next cursor, slots freed}.
+RECLAIM = Script("reclaim", _lua(ALLOW_OOM) + _PRELUDE + """
+local m = redis.call('HMGET', META, 'layout', 'incarnation')
+local bad = not_a_pool(m[1], m[2])
+if bad then return bad end
+local dead, any = {}, false
+for k = 4, #ARGV do
+  if redis.call('EXISTS', KEYS[4 + k]) == 0 then
+    dead[ARGV[k]] = true
+    any = true
+  end
+end
+if not any then return {'0', 0} end
+local scan = redis.call('HSCAN', OWNER, ARGV[2], 'COUNT', STEP)
+local flat, idx, per_owner = scan[2], {}, {}
+for k = 1, #flat, 2 do
+  local owner = flat[k + 1]
+  if dead[owner] then
+    idx[#idx + 1] = flat[k]
+    per_owner[owner] = (per_owner[owner] or 0) + 1
+  end
+end
+if #idx > 0 then
+  free_slots(idx, batched('HMGET', GEN, idx, CHUNK))
+  redis.call('HINCRBY', META, 'in_use', -#idx)
+  redis.call('HINCRBY', META, 'total_deallocations', #idx)
+  for owner, count in pairs(per_owner) do redis.call('HINCRBY', OWNED, owner, -count) end
+end
+if scan[1] == '0' then
+  for c in pairs(dead) do
+    redis.call('HDEL', OWNED, c)
+    redis.call('SREM', CLIENTS, c)
+  end
+  if tonumber(ARGV[3]) + #idx > 0 then redis.call('HINCRBY', META, 'recoveries', 1) end
+end
+return {scan[1], #idx}
 """)
 
 # KEYS[8...]: the leases of registered clients. ARGV[1]: the incarnation to delete, or ''
@@ -447,8 +475,9 @@ else
   if m[1] ~= LAYOUT then return fail('LAYOUT', m[1]) end
   if INCARNATION ~= '' and m[2] ~= INCARNATION then return 0 end
 end
+-- UNLINK, not DEL: the server frees big hashes in a background thread instead of blocking.
 for first = 1, #KEYS, CHUNK do
-  redis.call('DEL', unpack(KEYS, first, math.min(first + CHUNK - 1, #KEYS)))
+  redis.call('UNLINK', unpack(KEYS, first, math.min(first + CHUNK - 1, #KEYS)))
 end
 return 1
 """)

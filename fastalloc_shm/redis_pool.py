@@ -62,6 +62,7 @@ from ._redis_scripts import (
     LAYOUT,
     META_PATTERN,
     NEW_CLIENT,
+    RECLAIM,
     RECOVER,
     RELEASE,
     RESET_STATISTICS,
@@ -410,6 +411,16 @@ class RedisPool(Pool):
         clients = sorted(int(c) for c in self._command("SMEMBERS", self._keys[6]))
         leases = [lease_key(self._name, c) for c in clients]
         kept, reclaimed, *dead = self._run(RECOVER, (policy, *clients), leases)
+        if policy == "reclaim" and dead:
+            # Freed by cursor, a bounded batch per script: a big pool never holds the server long.
+            dead_clients = [int(c) for c in dead]
+            dead_leases = [lease_key(self._name, c) for c in dead_clients]
+            cursor: Any = 0
+            while True:
+                cursor, freed = self._run(RECLAIM, (cursor, reclaimed, *dead_clients), dead_leases)
+                reclaimed += freed
+                if int(cursor) == 0:
+                    break
         return RecoveryReport(
             pool=self._name,
             orphan_policy=policy,

@@ -251,3 +251,50 @@ def test_close_removes_the_lease_and_the_entry_of_a_client_that_owns_nothing(red
         pool.release(kept)
         pool.recover()
         assert registry(raw, pool_name) == set()
+
+
+# -- 4. bounded work per script ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def timed_server():
+    """A private server that logs the duration of every command (SLOWLOG), to see each script's share."""
+    with redis_server("--slowlog-log-slower-than", "0", "--slowlog-max-len", "100000") as server:
+        yield server
+
+
+HOARD = textwrap.dedent("""
+    import os, sys
+    from fastalloc_shm import RedisPool
+    pool = RedisPool.attach(sys.argv[1], url=sys.argv[2], lease_ttl=0.3)
+    for _ in range(int(sys.argv[3]) // 5000):
+        pool.allocate_many([None] * 5000)
+    os._exit(0)  # dies holding every slot
+""")
+
+
+def test_recover_reclaims_a_big_pool_in_bounded_steps(timed_server, pool_name):
+    slots = 60_001  # one for this client, 60,000 for the one that dies
+    client = redis.Redis.from_url(timed_server.url)
+    with RedisPool.create(pool_name, url=timed_server.url, capacity=slots, slot_size=8,
+                          orphan_policy="reclaim") as pool:
+        mine = pool.allocate("mine")
+        hoard = subprocess.run([sys.executable, "-c", HOARD, pool_name, timed_server.url, str(slots - 1)], cwd=ROOT)
+        assert hoard.returncode == 0 and len(pool) == slots
+        time.sleep(0.5)  # its lease expires
+        client.slowlog_reset()
+        report = pool.recover()
+        steps = [e for e in client.slowlog_get(100_000) if e["command"].startswith(b"EVALSHA")]
+        assert report.orphans_reclaimed == slots - 1 and len(pool) == 1 and pool.get(mine) == "mine"
+        assert pool.statistics().recoveries == 1
+        # Each script touches at most a batch of ~1000 slots: many short steps, none long.
+        assert len(steps) >= (slots - 1) // 2000
+        longest = max(e["duration"] for e in steps)  # microseconds
+        assert longest < 50_000, f"one recover step ran {longest / 1000:.1f} ms"
+        assert pool.allocate_many([1] * (slots - 1))  # every reclaimed slot is usable again
+        client.config_resetstat()
+        pool.unlink()
+        # UNLINK, not DEL: the server frees the big hashes in the background.
+        calls = client.info("commandstats")
+        assert "cmdstat_unlink" in calls and "cmdstat_del" not in calls, sorted(calls)
+    client.close()
