@@ -129,3 +129,91 @@ def test_the_owner_checks_name_the_object_the_owner_and_the_way_to_trust_it(tmp_
     os.chown(path, 65534, -1)
     with pytest.raises(FastallocError, match=r"owned by uid 65534 \(nobody\)"):
         _trust.check_path(str(path), "pool 'x'", mine)
+
+
+# ---- mutmut: fastalloc_shm/_segment.py ----
+
+
+def test_a_segment_closes_once_and_says_so(pool_name):
+    from fastalloc_shm import _segment
+
+    posix = f"/fastalloc.{pool_name}"
+    seg = _segment.create_segment(posix, 4096, 0o600, f"pool {pool_name!r}")
+    try:
+        fd = seg.fd
+        seg.close()
+        assert seg.mm is None and seg.fd == -1
+        with pytest.raises(OSError):
+            os.fstat(fd)  # the descriptor itself is closed
+        seg.close()  # twice: nothing left to close
+    finally:
+        os.unlink(_segment.segment_path(posix))
+
+
+def test_no_room_says_how_much_and_where_to_get_more():
+    from fastalloc_shm import _segment
+    from fastalloc_shm.errors import SharedMemoryFull
+
+    error = _segment._no_room("pool 'x'", 123456)
+    assert isinstance(error, SharedMemoryFull)
+    text = str(error)
+    assert text.startswith("pool 'x' needs 123,456 bytes but /dev/shm has ") and " free; free space" in text
+    assert "docker --shm-size" in text and "emptyDir with medium: Memory" in text
+
+
+def test_open_segment_and_semaphore_name_what_is_missing(pool_name):
+    from fastalloc_shm import _segment
+    from fastalloc_shm.errors import IncompatiblePool, PoolNotFound
+
+    posix = f"/fastalloc.{pool_name}"
+    with pytest.raises(PoolNotFound, match=rf"pool 'x': no segment {posix} \(create the pool first"):
+        _segment.open_segment(posix, "pool 'x'", frozenset({os.geteuid()}))
+    with pytest.raises(IncompatiblePool, match=rf"pool 'x': its lock {posix} is missing; unlink the pool"):
+        _segment.open_semaphore(posix, "pool 'x'", frozenset({os.geteuid()}))
+
+
+@needs_root("to give a segment to another uid")
+def test_open_segment_refuses_a_stranger_and_closes_what_it_opened(pool_name):
+    from fastalloc_shm import _segment
+    from fastalloc_shm.errors import FastallocError
+
+    posix = f"/fastalloc.{pool_name}"
+    path = _segment.segment_path(posix)
+    seg = _segment.create_segment(posix, 4096, 0o644, "x")
+    seg.close()
+    os.chown(path, 4242424, -1)
+    try:
+        before = len(os.listdir("/proc/self/fd"))
+        with pytest.raises(FastallocError, match=rf"^pool 'x': {path} is owned by uid 4242424"):
+            _segment.open_segment(posix, "pool 'x'", frozenset({os.geteuid()}))
+        assert len(os.listdir("/proc/self/fd")) == before  # the fd it opened is closed
+    finally:
+        os.unlink(path)
+
+
+def test_pool_id_now_reads_the_id_word_of_whatever_is_there(pool_name):
+    from fastalloc_shm import _segment
+
+    posix = f"/fastalloc.{pool_name}"
+    path = _segment.segment_path(posix)
+    assert _segment.pool_id_now(posix) is None  # nothing there
+    words = [0] * (L.HDR_POOL_ID + 1)
+    words[L.HDR_POOL_ID] = 2**63 + 5  # an id with the top bit set is still an unsigned word
+    try:
+        with open(path, "wb") as f:
+            f.write(struct.pack(f"<{len(words)}Q", *words))
+        assert _segment.pool_id_now(posix) == 2**63 + 5
+        with open(path, "r+b") as f:
+            f.truncate(8 * L.HDR_POOL_ID)  # too short to hold the word
+        assert _segment.pool_id_now(posix) is None
+    finally:
+        os.unlink(path)
+    target = f"/dev/shm/{pool_name}-target"
+    with open(target, "wb") as f:
+        f.write(struct.pack(f"<{len(words)}Q", *words))
+    os.symlink(target, path)
+    try:
+        assert _segment.pool_id_now(posix) is None  # a symlink is not followed
+    finally:
+        os.unlink(path)
+        os.unlink(target)
