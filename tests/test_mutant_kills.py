@@ -217,3 +217,26 @@ def test_pool_id_now_reads_the_id_word_of_whatever_is_there(pool_name):
     finally:
         os.unlink(path)
         os.unlink(target)
+
+
+def test_create_semaphore_replaces_a_stale_one_with_a_fresh_count(pool_name):
+    import posix_ipc
+
+    from fastalloc_shm import _names, _segment
+
+    posix = f"/fastalloc.{pool_name}"
+    stale = posix_ipc.Semaphore(posix, posix_ipc.O_CREX, mode=0o644, initial_value=99)  # left by a creator that died
+    stale.close()
+    sem = _segment.create_semaphore(posix, 0o600, 3)
+    try:
+        assert sem.value == 3
+        assert os.stat(_names.semaphore_path(posix)).st_mode & 0o777 == 0o600
+    finally:
+        sem.close()
+        posix_ipc.unlink_semaphore(posix)
+    sem = _segment.create_semaphore(posix, 0o640, 5)  # none there: created at once
+    try:
+        assert sem.value == 5 and os.stat(_names.semaphore_path(posix)).st_mode & 0o777 == 0o640
+    finally:
+        sem.close()
+        posix_ipc.unlink_semaphore(posix)
