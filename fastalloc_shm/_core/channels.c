@@ -255,24 +255,15 @@ static PyObject *channel_put_many_impl(Core *c, int ch, PyObject *values, double
 {
     if (channel_number(c, ch) < 0)
         return NULL;
-    PyObject *items = PySequence_Tuple(values); /* ours: packing runs Python code */
-    if (!items)
-        return NULL;
-    Py_ssize_t n = PyTuple_GET_SIZE(items), npacked = 0;
-    Packed *packed = n ? PyMem_Calloc((size_t)n, sizeof(Packed)) : NULL;
-    Taken *taken = n ? PyMem_Calloc((size_t)n, sizeof(Taken)) : NULL;
+    Batch b;
     PyObject *result = NULL;
-    if (n && (!packed || !taken)) {
-        PyErr_NoMemory();
+    if (batch_pack(c, values, "put_many", &b) < 0)
         goto done;
-    }
-    for (; npacked < n; npacked++)
-        if (pack_checked(c, PyTuple_GET_ITEM(items, npacked), &packed[npacked]) < 0)
-            goto done;
+    Py_ssize_t n = b.n;
     double deadline = deadline_of(timeout < 0 ? 1e9 : timeout);
     for (Py_ssize_t got = 0; n;) {
-        Putting put = {ch, packed, 0};
-        got = take_many(c, n, n, WRITING, taken, put_locked, &put);
+        Putting put = {ch, b.packed, 0};
+        got = take_many(c, n, n, WRITING, b.taken, put_locked, &put);
         if (got == n)
             break;
         if (got == -1)
@@ -293,11 +284,7 @@ static PyObject *channel_put_many_impl(Core *c, int ch, PyObject *values, double
         channel_wake(c, ch);
     result = Py_NewRef(Py_None);
 done:
-    for (Py_ssize_t i = 0; i < npacked; i++)
-        packed_done(&packed[i]);
-    PyMem_Free(packed);
-    PyMem_Free(taken);
-    Py_DECREF(items);
+    batch_done(&b);
     return result;
 }
 

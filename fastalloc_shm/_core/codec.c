@@ -175,3 +175,48 @@ static PyObject *unpack_copy(Core *c, PyObject *h, PyObject *copy)
     }
     return v;
 }
+
+/* A batch of values one call was given: a tuple we own (packing runs Python code, which may
+ * change the caller's list), every value packed, and room for the slots it takes. */
+typedef struct {
+    PyObject *items;
+    Py_ssize_t n, npacked;
+    Packed *packed;
+    Taken *taken;
+} Batch;
+
+/* 0 packed; -1 raised. batch_done() either way. */
+static int batch_pack(Core *c, PyObject *values, const char *what, Batch *b)
+{
+    *b = (Batch){0};
+    b->items = PySequence_Tuple(values);
+    if (!b->items) {
+        if (PyErr_ExceptionMatches(PyExc_TypeError)) {
+            PyErr_Clear();
+            PyErr_Format(PyExc_TypeError, "%s() takes an iterable of values", what);
+        }
+        return -1;
+    }
+    b->n = PyTuple_GET_SIZE(b->items);
+    if (!b->n)
+        return 0;
+    b->packed = PyMem_Calloc((size_t)b->n, sizeof(Packed));
+    b->taken = PyMem_Calloc((size_t)b->n, sizeof(Taken));
+    if (!b->packed || !b->taken) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (; b->npacked < b->n; b->npacked++)
+        if (pack_checked(c, PyTuple_GET_ITEM(b->items, b->npacked), &b->packed[b->npacked]) < 0)
+            return -1;
+    return 0;
+}
+
+static void batch_done(Batch *b)
+{
+    for (Py_ssize_t i = 0; i < b->npacked; i++)
+        packed_done(&b->packed[i]);
+    PyMem_Free(b->packed);
+    PyMem_Free(b->taken);
+    Py_XDECREF(b->items);
+}

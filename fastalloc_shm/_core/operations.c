@@ -204,31 +204,15 @@ static PyObject *set_impl(Core *c, PyObject *const *args, Py_ssize_t nargs)
 
 static PyObject *allocate_many_impl(Core *c, PyObject *values)
 {
-    /* A tuple we own: packing runs Python code, which may change the caller's list. */
-    PyObject *items = PySequence_Tuple(values);
-    if (!items) {
-        if (PyErr_ExceptionMatches(PyExc_TypeError)) {
-            PyErr_Clear();
-            PyErr_SetString(PyExc_TypeError, "allocate_many() takes an iterable of values");
-        }
-        return NULL;
-    }
-    Py_ssize_t n = PyTuple_GET_SIZE(items);
-    Packed *packed = n ? PyMem_Calloc((size_t)n, sizeof(Packed)) : NULL;
-    Taken *taken = n ? PyMem_Calloc((size_t)n, sizeof(Taken)) : NULL;
+    Batch b;
     PyObject *result = NULL;
-    Py_ssize_t npacked = 0;
-    if (n && (!packed || !taken)) {
-        PyErr_NoMemory();
+    if (batch_pack(c, values, "allocate_many", &b) < 0)
         goto done;
-    }
-    for (; npacked < n; npacked++)
-        if (pack_checked(c, PyTuple_GET_ITEM(items, npacked), &packed[npacked]) < 0)
-            goto done;
+    Py_ssize_t n = b.n;
     result = PyList_New(n); /* before taking: a collection it triggers runs no code with slots in hand */
     if (!result || !n)
         goto done;
-    Py_ssize_t got = take_many(c, n, n, WRITING, taken, NULL, NULL);
+    Py_ssize_t got = take_many(c, n, n, WRITING, b.taken, NULL, NULL);
     if (got == -2)
         exhausted(c, n);
     if (got < 0) {
@@ -237,22 +221,18 @@ static PyObject *allocate_many_impl(Core *c, PyObject *values)
     }
     /* Every handle first, so running out of memory hands out nothing. */
     for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *h = handle_of_taken(taken[i].e, taken[i].local);
+        PyObject *h = handle_of_taken(b.taken[i].e, b.taken[i].local);
         if (!h) {
-            unwind_taken(c, taken, n, 1);
+            unwind_taken(c, b.taken, n, 1);
             Py_CLEAR(result);
             goto done;
         }
         PyList_SET_ITEM(result, i, h);
     }
     for (Py_ssize_t i = 0; i < n; i++)
-        write_and_publish(c, taken[i].e, taken[i].local, &packed[i]);
+        write_and_publish(c, b.taken[i].e, b.taken[i].local, &b.packed[i]);
 done:
-    for (Py_ssize_t i = 0; i < npacked; i++)
-        packed_done(&packed[i]);
-    PyMem_Free(packed);
-    PyMem_Free(taken);
-    Py_DECREF(items);
+    batch_done(&b);
     return result;
 }
 
