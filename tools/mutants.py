@@ -268,11 +268,16 @@ def mutmut_module(tree: Path, module: str, tests: list[str], max_children: int, 
         "    if os.environ.get('MUTANT_UNDER_TEST') == 'stats':\n        del os.environ['MUTANT_UNDER_TEST']\n")
     target = module.replace("daemon/", "fastalloc_shmd/", 1)
     pyproject = (tree / "pyproject.toml").read_text()
-    config = (f"\n[tool.mutmut]\nsource_paths = [\"fastalloc_shm\", \"fastalloc_shmd\"]\nonly_mutate = [{json.dumps(target)}]\n"
-              f"pytest_add_cli_args = [\"-p\", \"no:cacheprovider\", \"-q\", \"-p\", \"mutmut_children\"]\n"
-              f"also_copy = {json.dumps(['mutmut_children.py', *[n for n in COPIED if (tree / n).exists()]])}\n"
-              f"pytest_add_cli_args_test_selection = {json.dumps(tests)}\n"
-              f"use_git_change_detection = false\n")
+    extra = ["mutmut_children.py", *[n for n in COPIED if n not in ("fastalloc_shm", "tests", "pyproject.toml")
+                                      and (tree / n).exists()]]
+    config = "\n".join([
+        "", "[tool.mutmut]",
+        'source_paths = ["fastalloc_shm", "fastalloc_shmd"]',
+        f"only_mutate = [{json.dumps(target)}]",
+        'pytest_add_cli_args = ["-p", "no:cacheprovider", "-q", "-p", "mutmut_children"]',
+        f"also_copy = {json.dumps(extra)}",
+        f"pytest_add_cli_args_test_selection = {json.dumps(tests)}",
+        "use_git_change_detection = false", ""])
     pyproject = re.sub(r"\n\[tool\.mutmut\]\n(?:[^\[].*\n|\n)*", "\n", pyproject) + config
     (tree / "pyproject.toml").write_text(pyproject)
     env = dict(os.environ)
