@@ -27,6 +27,8 @@ from fastalloc_shm.pool import list_pools
 from fastalloc_shmd import config as daemon_config
 from fastalloc_shmd.monitor import Warnings, pool_warnings, shm_warnings
 
+from .requirements import unless
+
 START_TIMEOUT = 15.0
 STOP_TIMEOUT = 10.0
 
@@ -149,9 +151,8 @@ def test_ping_and_list_show_the_configured_pools(start_daemon, make_name):
     assert daemon.socket in daemon.stdout()
 
 
+@unless("default" not in list_pools(), "a pool named 'default' exists on this machine (another daemon?); not touching it")
 def test_embedded_default_runs_pool_default_in_the_runtime_dir_and_prints_how_to_attach(start_daemon, monkeypatch):
-    if "default" in list_pools():
-        pytest.skip("a pool named 'default' exists on this machine (another daemon?); not touching it")
     daemon = start_daemon(default_socket=True)
     assert stat.S_IMODE(os.stat(os.path.dirname(daemon.socket)).st_mode) == 0o700
     monkeypatch.delenv(SOCKET_ENV, raising=False)

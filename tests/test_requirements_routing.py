@@ -10,12 +10,8 @@ from pathlib import Path
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
 SKIPPING = re.compile(r"pytest\.(skip\(|importorskip|mark\.skip|mark\.xfail|xfail\()|\bskipif\b")
-# Files owned elsewhere that still skip by themselves (an environment condition each); to be routed
-# through requirements.py by their owners. Listed by name so that no new one slips in.
-NOT_YET_ROUTED = {
-    "test_daemon.py": "skips when a pool named 'default' already exists on the machine",
-    "test_review_findings.py": "skips when this Python has no _testcapi.set_nomemory",
-}
+# Files that still skip by themselves: none (listed by name, so that no new one slips in).
+NOT_YET_ROUTED: dict[str, str] = {}
 
 
 def test_no_test_skips_except_through_requirements():

@@ -37,6 +37,8 @@ from fastalloc_shm import (
 from fastalloc_shm import _layout as L
 from fastalloc_shm._header import encode_config
 
+from .requirements import unless
+
 ROOT = Path(__file__).resolve().parent.parent
 WAIT = 60
 
@@ -542,13 +544,16 @@ def test_core_init_called_twice_raises_and_leaks_no_reference(pool_name):
             assert [sys.getrefcount(f) for f in callables] == before
 
 
-def test_a_memoryerror_while_making_a_handle_leaks_no_slot(pool_name):
+def _can_fail_allocations() -> bool:
     try:
         import _testcapi
     except ImportError:
-        _testcapi = None
-    if _testcapi is None or not hasattr(_testcapi, "set_nomemory"):
-        pytest.skip("this Python has no _testcapi.set_nomemory to fail an allocation on purpose")
+        return False
+    return hasattr(_testcapi, "set_nomemory")
+
+
+@unless(_can_fail_allocations(), "this Python has no _testcapi.set_nomemory to fail an allocation on purpose")
+def test_a_memoryerror_while_making_a_handle_leaks_no_slot(pool_name):
     with FixedPool.create(pool_name, capacity=64):
         result = run_child("nomemory", pool_name)
         assert result["failed"] > 0 and result["ok"] > 0, result  # the failures hit inside allocate
