@@ -21,13 +21,21 @@ import asyncio
 import threading
 import weakref
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from . import _names
 from .errors import ChannelEmpty
 
-if TYPE_CHECKING:
-    from .pool import SharedPool
+
+class _ChannelPool(Protocol):
+    """What a channel needs of its pool (a shared-memory pool: pool.py imports this module)."""
+
+    @property
+    def name(self) -> str: ...
+
+    _core: Any
+
+    def _check_open(self) -> None: ...
 
 # An asyncio waiter polls the channel without blocking the loop: one helper thread per
 # (event loop, channel) sleeps in the core's wait and wakes the loop's waiting tasks.
@@ -37,7 +45,7 @@ _WAKE_SLICE = 0.05
 class Channel:
     """A named FIFO of pool `pool`'s slots. Get one with `pool.channel(name)`."""
 
-    def __init__(self, pool: SharedPool, name: str, number: int) -> None:
+    def __init__(self, pool: _ChannelPool, name: str, number: int) -> None:
         self._pool = pool
         self._name = name
         self._number = number
@@ -48,7 +56,7 @@ class Channel:
         return self._name
 
     @property
-    def pool(self) -> SharedPool:
+    def pool(self) -> _ChannelPool:
         return self._pool
 
     def __repr__(self) -> str:
