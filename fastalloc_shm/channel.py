@@ -17,14 +17,16 @@ consumer dies first, recovery puts it back at the head of its channel.
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import weakref
 from collections.abc import Iterable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from . import _names
 from .errors import ChannelEmpty
+
+if TYPE_CHECKING:
+    import asyncio  # imported when a coroutine first runs: every worker would pay ~40 ms at import otherwise
 
 
 class _ChannelPool(Protocol):
@@ -119,6 +121,8 @@ class Channel:
 
     async def put_async(self, value: Any, timeout: float | None = None) -> None:
         """`put` for asyncio: waits for a free slot without blocking the event loop."""
+        import asyncio
+
         from .errors import PoolExhausted
 
         loop = asyncio.get_running_loop()
@@ -134,6 +138,8 @@ class Channel:
                 delay = min(delay * 2, _WAKE_SLICE)
 
     async def _await(self, attempt, timeout: float | None):
+        import asyncio
+
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         waker = self._waker(loop)
@@ -159,6 +165,8 @@ class _Waker:
     while tasks of the loop wait, and wakes them all when one may be there."""
 
     def __init__(self, channel: Channel, loop: asyncio.AbstractEventLoop) -> None:
+        import asyncio
+
         self._channel = channel
         self._loop = loop
         self._waiters = 0
@@ -167,6 +175,8 @@ class _Waker:
         self._thread: threading.Thread | None = None
 
     async def wait(self, timeout: float | None) -> None:
+        import asyncio
+
         self._event.clear()
         with self._lock:
             self._waiters += 1
