@@ -114,6 +114,16 @@ def test_put_handle_moves_the_slot_and_makes_the_old_handle_stale(pool_name):
         assert len(pool) == 0
 
 
+def test_every_taken_item_reads_back_whatever_its_place_in_the_list(pool_name):
+    """A queued slot's sequence word is the channel's link; a taken one must read as a value again."""
+    with FixedPool.create(pool_name, capacity=16) as pool:
+        todo = pool.channel("todo")
+        todo.put_many([{"n": n} for n in range(10)])
+        handles = [todo.get_handle(timeout=1) for _ in range(10)]
+        assert [pool.get(h) for h in handles] == [{"n": n} for n in range(10)]
+        pool.release_many(handles)
+
+
 def test_many_items_under_one_lock_acquisition(pool_name):
     with FixedPool.create(pool_name, capacity=64) as pool:
         todo = pool.channel("todo")

@@ -51,6 +51,13 @@ def test_mp_workers_process_every_item_and_remove_the_pool(name):
     assert not pool_exists(name)
 
 
+def test_channel_workers_get_every_item_through_the_pool_and_remove_it(name):
+    out = run_client("channel_workers.py", "--name", name, "--workers", "2", "--items", "300", "--capacity", "32")
+    assert "300 items done by" in out and "62 primes below" not in out
+    assert "'puts': 302" in out and "'gets': 302" in out and "'length': 0" in out  # 300 items, 2 stop marks
+    assert not pool_exists(name)
+
+
 @pytest.mark.parametrize("first", ["consumer.py", "producer.py"])
 def test_producer_and_consumer_meet_by_name_whichever_starts_first(name, tmp_path, first):
     fifo = str(tmp_path / "handles.fifo")

@@ -345,6 +345,7 @@ static PyObject *channel_take(Core *c, int ch, Py_ssize_t max_items, double time
             uint64_t index = e->first + local;
             PyObject *item;
             if (take) {
+                m[META_SEQ] = 0; /* the link it held: as a value's write sequence, even (no write in progress) */
                 STORE_REL((uint64_t *)m, pair(gen, ((TAKEN + (uint32_t)ch) << STATE_SHIFT) | c->owner));
                 item = make_handle(gen, index); /* an int: no GC, no Python code */
             } else {
