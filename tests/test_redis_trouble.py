@@ -216,7 +216,7 @@ def test_processes_that_exit_without_close_leave_no_lease_and_no_registry_entry(
 KILLED = textwrap.dedent("""
     import os, sys
     from fastalloc_shm import RedisPool
-    pool = RedisPool.attach(sys.argv[1], url=sys.argv[2], lease_ttl=0.5)
+    pool = RedisPool.attach(sys.argv[1], url=sys.argv[2], lease_ttl=float(sys.argv[3]))
     pool.release(pool.allocate("x"))
     os._exit(0)  # no atexit, no goodbye: as a kill -9 leaves it
 """)
@@ -226,13 +226,16 @@ def test_the_registry_of_a_live_pool_drops_clients_dead_for_a_lease_period(redis
     with RedisPool.create(pool_name, url=redis_url, capacity=8, lease_ttl=0.5) as pool:
         held = pool.allocate("alive")  # this client's lease thread is what prunes; nobody calls recover()
         me = pool._client_id
-        dead = [subprocess.Popen([sys.executable, "-c", KILLED, pool_name, redis_url], cwd=ROOT) for _ in range(8)]
+        # Their leases last 5 s, so all 8 are still registered when the last has started and exited,
+        # however loaded the machine; then this client's lease thread (every 0.5 s) prunes them.
+        dead = [subprocess.Popen([sys.executable, "-c", KILLED, pool_name, redis_url, "5"], cwd=ROOT)
+                for _ in range(8)]
         assert [p.wait(timeout=60) for p in dead] == [0] * 8
         assert len(registry(raw, pool_name)) == 9
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 20
         while registry(raw, pool_name) != {me} and time.monotonic() < deadline:
             time.sleep(0.1)
-        # Dead for at most a lease period (0.5 s), then gone within the next prune (about one more).
+        # Dead for at most their lease period (5 s), then gone within the next prune (0.5 s more).
         assert registry(raw, pool_name) == {me}
         assert pool.get(held) == "alive"
         pool.release(held)
