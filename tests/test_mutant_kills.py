@@ -597,13 +597,16 @@ def test_a_config_record_of_exactly_the_room_fits(pool_name):
 
 
 def test_pool_config_takes_the_smallest_slot_and_names_a_wrong_strategy():
-    """Kills config.py's PoolConfig __post_init__ 18 (slot_size 1 refused) and 29 (its message)."""
+    """Kills config.py's PoolConfig __post_init__ 18 (slot_size 1 refused), 29 and 96 (messages)."""
     from fastalloc_shm import ConfigError, PoolConfig
 
     assert PoolConfig(capacity=1, slot_size=1).slot_size == 1
     with pytest.raises(ConfigError) as raised:
         PoolConfig(capacity=1, growth_strategy="linear")
     assert str(raised.value) == "growth_strategy: expected a GrowthStrategy, got 'linear'"
+    with pytest.raises(ConfigError) as raised:
+        PoolConfig(capacity=1, mode=-1)
+    assert str(raised.value) == "mode: expected an int >= 0, got -1"
 
 
 def test_both_callables_of_a_reset_pair_are_checked_and_named():
