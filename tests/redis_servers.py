@@ -40,6 +40,22 @@ class TlsFiles:
     ca: Path
 
 
+@contextlib.contextmanager
+def tls_certificates() -> Iterator[TlsFiles]:
+    """A throwaway CA and a certificate for 127.0.0.1, as files (removed afterwards)."""
+    import trustme
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    with tempfile.TemporaryDirectory(prefix="fastalloc-tls-") as name:
+        directory = Path(name)
+        files = TlsFiles(directory / "cert.pem", directory / "key.pem", directory / "ca.pem")
+        cert.cert_chain_pems[0].write_to_path(files.cert)
+        cert.private_key_pem.write_to_path(files.key)
+        ca.cert_pem.write_to_path(files.ca)
+        yield files
+
+
 @dataclass
 class RedisServer:
     """One running redis-server."""

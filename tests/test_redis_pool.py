@@ -11,7 +11,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import textwrap
 import threading
 import time
@@ -19,7 +18,6 @@ from pathlib import Path
 
 import pytest
 import redis
-import trustme
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from redis.cluster import RedisCluster
@@ -38,7 +36,7 @@ from fastalloc_shm import (
 from fastalloc_shm.handle import unpack
 from fastalloc_shm.redis_pool import RedisUnavailable, SharedMemoryOnly, list_pools, unlink_pool
 
-from .redis_servers import TlsFiles, free_port, redis_cluster, redis_server
+from .redis_servers import free_port, redis_cluster, redis_server, tls_certificates
 
 ROOT = Path(__file__).resolve().parents[1]
 SECRET = "s3cret-Pw_42"
@@ -528,14 +526,7 @@ def test_a_server_going_down_fails_fast(pool_name):
 
 @pytest.fixture(scope="module")
 def tls_files():
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1")
-    with tempfile.TemporaryDirectory(prefix="fastalloc-tls-") as name:
-        directory = Path(name)
-        files = TlsFiles(directory / "cert.pem", directory / "key.pem", directory / "ca.pem")
-        cert.cert_chain_pems[0].write_to_path(files.cert)
-        cert.private_key_pem.write_to_path(files.key)
-        ca.cert_pem.write_to_path(files.ca)
+    with tls_certificates() as files:
         yield files
 
 

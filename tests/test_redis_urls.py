@@ -14,12 +14,11 @@ import tempfile
 from pathlib import Path
 
 import pytest
-import trustme
 
 from fastalloc_shm import FastallocError, RedisPool
 from fastalloc_shm._redis_connection import mask_url, public_url
 
-from .redis_servers import TlsFiles, redis_server
+from .redis_servers import redis_server, tls_certificates
 
 PASSWORD = "pw-" + secrets.token_hex(12)
 KEY_PASSWORD = "kp-" + secrets.token_hex(12)
@@ -39,16 +38,8 @@ def plain():
 
 @pytest.fixture(scope="module")
 def tls():
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1")
-    with tempfile.TemporaryDirectory(prefix="fastalloc-tls-") as name:
-        directory = Path(name)
-        files = TlsFiles(directory / "cert.pem", directory / "key.pem", directory / "ca.pem")
-        cert.cert_chain_pems[0].write_to_path(files.cert)
-        cert.private_key_pem.write_to_path(files.key)
-        ca.cert_pem.write_to_path(files.ca)
-        with redis_server("--requirepass", PASSWORD, tls=files) as server:
-            yield server.port, files.ca
+    with tls_certificates() as files, redis_server("--requirepass", PASSWORD, tls=files) as server:
+        yield server.port, files.ca
 
 
 def no_secret_in(*texts: str | bytes) -> None:
