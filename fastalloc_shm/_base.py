@@ -105,6 +105,16 @@ class Pool(abc.ABC):
         except PoolExhausted:
             return None
 
+    async def allocate_async(self, value: Any, timeout: float | None = None) -> int:
+        """`allocate` for asyncio: waits up to `timeout` s for a released slot (None: does not
+        wait, as `allocate`) without blocking the event loop.
+
+        >>> h = await pool.allocate_async({"id": 1}, timeout=2.0)  # doctest: +SKIP
+        """
+        from ._async import retry_until
+
+        return await retry_until(lambda: self.allocate(value, 0), PoolExhausted, 0 if timeout is None else timeout)
+
     @contextmanager
     def borrowed(self, value: Any) -> Iterator[int]:
         """Allocate `value` for the duration of a with-block; released on exit.

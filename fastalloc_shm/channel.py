@@ -121,21 +121,10 @@ class Channel:
 
     async def put_async(self, value: Any, timeout: float | None = None) -> None:
         """`put` for asyncio: waits for a free slot without blocking the event loop."""
-        import asyncio
-
+        from ._async import retry_until
         from .errors import PoolExhausted
 
-        loop = asyncio.get_running_loop()
-        deadline = None if timeout is None else loop.time() + timeout
-        delay = 0.0005
-        while True:
-            try:
-                return self.put(value, 0)
-            except PoolExhausted:
-                if deadline is not None and loop.time() >= deadline:
-                    raise
-                await asyncio.sleep(delay)  # slots come back from other processes' releases
-                delay = min(delay * 2, _WAKE_SLICE)
+        return await retry_until(lambda: self.put(value, 0), PoolExhausted, timeout)
 
     async def _await(self, attempt, timeout: float | None):
         import asyncio
