@@ -32,6 +32,16 @@ _POOL_COUNTERS = (
     ("fastalloc_pool_recoveries", "Repairs after a dead process.", "recoveries", 1),
     ("fastalloc_pool_steals", "Slots taken from another process's magazine (ThreadLocalPool).", "steals", 1),
 )
+# (metric name, help, ChannelStatistics field) of the per-channel series, labelled pool and channel.
+_CHANNEL_GAUGES = (
+    ("fastalloc_channel_length_items", "Items queued in the channel now.", "length"),
+    ("fastalloc_channel_waiting_consumers", "Consumers blocked in a get on the channel now.", "waiting"),
+)
+_CHANNEL_COUNTERS = (
+    ("fastalloc_channel_puts", "Items queued into the channel.", "puts"),
+    ("fastalloc_channel_gets", "Items taken from the channel.", "gets"),
+    ("fastalloc_channel_requeued", "Taken items put back because their consumer died.", "requeued"),
+)
 
 
 class SnapshotCollector:
@@ -45,6 +55,7 @@ class SnapshotCollector:
         if snapshot is None:
             return
         yield from self._pools(snapshot)
+        yield from self._channels(snapshot)
         yield from self._clients(snapshot)
         yield GaugeMetricFamily("fastalloc_shm_size_bytes", "Size of /dev/shm.", value=snapshot.shm_total)
         yield GaugeMetricFamily("fastalloc_shm_free_bytes", "Free space in /dev/shm.", value=snapshot.shm_free)
@@ -88,6 +99,18 @@ class SnapshotCollector:
                 family.add_metric(pool, getattr(stats, field) * scale)
         yield from gauges.values()
         yield from (family for family, _, _ in counters)
+
+    @staticmethod
+    def _channels(snapshot: Snapshot) -> Iterator[Metric]:
+        families = [(GaugeMetricFamily(name, text, labels=["pool", "channel"]), field)
+                    for name, text, field in _CHANNEL_GAUGES]
+        families += [(CounterMetricFamily(name, text, labels=["pool", "channel"]), field)
+                     for name, text, field in _CHANNEL_COUNTERS]
+        for sample in snapshot.pools:
+            for channel, stats in sample.stats.channels.items():
+                for family, field in families:
+                    family.add_metric([sample.name, channel], getattr(stats, field))
+        yield from (family for family, _ in families)
 
     @staticmethod
     def _clients(snapshot: Snapshot) -> Iterator[Metric]:

@@ -26,7 +26,7 @@ from .errors import (
 from .growing import GrowingPool
 from .pool import FixedPool, attach, unlink
 from .report import RecoveryReport
-from .stats import PoolStatistics
+from .stats import ChannelStatistics, PoolStatistics
 from .threadlocal import ThreadLocalPool
 from .threadsafe import ThreadSafePool
 
@@ -50,6 +50,7 @@ __all__ = [
     "PoolConfig",
     "GrowthStrategy",
     "PoolStatistics",
+    "ChannelStatistics",
     "RecoveryReport",
     "attach",
     "unlink",

@@ -157,6 +157,11 @@ def _print_json(data: Any) -> None:
     print(json.dumps(data, indent=2))
 
 
+def _channels_cell(stats: Any) -> str:
+    """A pool's channels for one table cell: each name with the items queued in it."""
+    return " ".join(f"{name}:{c.length:,}" for name, c in stats.channels.items()) or "-"
+
+
 def cmd_ls(args: argparse.Namespace) -> int:
     backend = _backend(args)
     probes = _probe_all(backend)
@@ -165,6 +170,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
             {"name": p["name"], "error": p["error"]} if "error" in p else {
                 "name": p["name"], "kind": p["kind"], "slot_size": p["slot_size"], "capacity": p["stats"].capacity,
                 "in_use": p["stats"].current_usage, "clients": p["clients"],
+                "channels": p["stats"].to_dict()["channels"],
             }
             for p in probes
         ])
@@ -173,13 +179,15 @@ def cmd_ls(args: argparse.Namespace) -> int:
         print(f"no pools in {backend.where}")
         return 0
     rows = [
-        [p["name"], "?", "", "", "", "", p["error"]] if "error" in p else [
+        [p["name"], "?", "", "", "", "", "", p["error"]] if "error" in p else [
             p["name"], p["kind"], f"{p['slot_size']:,}", f"{p['stats'].capacity:,}",
             f"{p['stats'].current_usage:,}", f"{p['stats'].utilization_rate():.1f}%", _count(p["clients"]),
+            _channels_cell(p["stats"]),
         ]
         for p in probes
     ]
-    print(_table(["NAME", "KIND", "SLOT", "CAPACITY", "IN USE", "USE%", "CLIENTS"], rows, "<<>>>>>"))
+    print(_table(["NAME", "KIND", "SLOT", "CAPACITY", "IN USE", "USE%", "CLIENTS", "CHANNELS (QUEUED)"], rows,
+                 "<<>>>>><"))
     return 0
 
 
@@ -238,34 +246,53 @@ def cmd_recover(args: argparse.Namespace) -> int:
     return 0
 
 
-def _frame(backend: _SharedMemory | _Redis, previous: dict[str, tuple[float, int]]) -> list[str]:
-    """One screen of `top`: a header and a row per pool; `previous` keeps totals for the rate column."""
+# What `top` remembers between frames: (pool,) or (pool, channel, counter) -> (when, total), for the rates.
+_Previous = dict[tuple[str, ...], tuple[float, int]]
+
+
+def _rate(previous: _Previous, seen: _Previous, key: tuple[str, ...], now: float, total: int) -> str:
+    """Events per second of counter `key` since the last frame ("-" on the first); records `total` in `seen`."""
+    last = previous.get(key)
+    seen[key] = (now, total)
+    # max(0, ...): reset_statistics() between two frames lowers the total.
+    return f"{max(0, total - last[1]) / (now - last[0]):,.0f}" if last and now > last[0] else "-"
+
+
+def _frame(backend: _SharedMemory | _Redis, previous: _Previous) -> list[str]:
+    """One screen of `top`: a header, a row per pool, then a row per channel; `previous` keeps
+    totals for the rate columns (what went away since the last frame is forgotten)."""
     now = time.monotonic()
     probes = _probe_all(backend)
     header = f"{PROG} top  {time.strftime('%H:%M:%S')}  {len(probes)} pools in {backend.where}"
     if isinstance(backend, _SharedMemory):
         usage = shutil.disk_usage(_admin.SHM_DIR)
         header += f"  ({usage.used / 2**20:,.1f} of {usage.total / 2**20:,.1f} MiB used)"
-    for gone in previous.keys() - {p["name"] for p in probes}:
-        del previous[gone]
-    rows = []
+    seen: _Previous = {}
+    rows, channel_rows = [], []
     for p in probes:
         if "error" in p:
             rows.append([p["name"], "?"] + [""] * 9 + [p["error"]])
             continue
-        s = p["stats"]
-        last = previous.get(p["name"])
-        previous[p["name"]] = (now, s.total_allocations)
-        # max(0, ...): reset_statistics() between two frames lowers the total.
-        rate = f"{max(0, s.total_allocations - last[1]) / (now - last[0]):,.0f}" if last and now > last[0] else "-"
+        s, pool = p["stats"], p["name"]
         rows.append([
-            p["name"], p["kind"], f"{p['slot_size']:,}", f"{s.capacity:,}", f"{s.current_usage:,}",
-            f"{s.utilization_rate():.1f}%", f"{s.peak_usage:,}", rate, f"{s.allocation_failures:,}",
-            f"{s.hit_rate():.4f}", f"{s.lock_wait_ns / 1e6:,.1f}", _count(p["clients"]),
+            pool, p["kind"], f"{p['slot_size']:,}", f"{s.capacity:,}", f"{s.current_usage:,}",
+            f"{s.utilization_rate():.1f}%", f"{s.peak_usage:,}", _rate(previous, seen, (pool,), now, s.total_allocations),
+            f"{s.allocation_failures:,}", f"{s.hit_rate():.4f}", f"{s.lock_wait_ns / 1e6:,.1f}", _count(p["clients"]),
         ])
+        for name, c in s.channels.items():
+            channel_rows.append([
+                pool, name, f"{c.length:,}", _rate(previous, seen, (pool, name, "puts"), now, c.puts),
+                _rate(previous, seen, (pool, name, "gets"), now, c.gets), f"{c.requeued:,}", f"{c.waiting:,}",
+            ])
+    previous.clear()
+    previous.update(seen)
     table = _table(["NAME", "KIND", "SLOT", "CAPACITY", "IN USE", "USE%", "PEAK", "ALLOC/S", "FAILS", "HIT RATE",
                     "WAIT ms", "CLIENTS"], rows, "<<>>>>>>>>>>")
-    return [header, "", *table.splitlines()]
+    lines = [header, "", *table.splitlines()]
+    if channel_rows:
+        lines += ["", *_table(["POOL", "CHANNEL", "QUEUED", "PUT/S", "GET/S", "REQUEUED", "WAITING"], channel_rows,
+                              "<<>>>>>").splitlines()]
+    return lines
 
 
 def _top_curses(backend: _SharedMemory | _Redis, interval: float) -> None:
@@ -277,7 +304,7 @@ def _top_curses(backend: _SharedMemory | _Redis, interval: float) -> None:
         except curses.error:  # some terminals cannot hide the cursor
             pass
         screen.timeout(int(interval * 1000))  # getch() waits at most one interval
-        previous: dict[str, tuple[float, int]] = {}
+        previous: _Previous = {}
         while True:
             lines = _frame(backend, previous)
             lines[0] += "  (q quits)"
@@ -299,7 +326,7 @@ def cmd_top(args: argparse.Namespace) -> int:
             _top_curses(backend, args.interval)
             return 0
         # Not a terminal (a pipe, a log): print frames one after another.
-        previous: dict[str, tuple[float, int]] = {}
+        previous: _Previous = {}
         while True:
             print("\n".join(_frame(backend, previous)), end="\n\n", flush=True)
             if args.once:

@@ -1,9 +1,32 @@
-"""PoolStatistics: a frozen snapshot of the counters a pool keeps in its segment."""
+"""PoolStatistics: a frozen snapshot of the counters a pool keeps in its segment,
+with ChannelStatistics for each of its channels."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
+
+
+@dataclass(frozen=True)
+class ChannelStatistics:
+    """Counters of one channel of a pool, shared by every process that uses it.
+
+    >>> ChannelStatistics(length=3, puts=10, gets=7)
+    ChannelStatistics(length=3, puts=10, gets=7, requeued=0, waiting=0)
+    """
+
+    length: int = 0
+    """Items queued now."""
+    puts: int = 0
+    """Items queued (put, put_many, put_handle), since creation or reset_statistics()."""
+    gets: int = 0
+    """Items taken (get, get_many, get_handle), since creation or reset_statistics()."""
+    requeued: int = 0
+    """Taken items put back at the head of the channel because their consumer died (recovery),
+    since creation or reset_statistics(); each is also counted again in gets when taken again."""
+    waiting: int = 0
+    """Consumers blocked in a get now (an asyncio loop's waiting tasks count as one); one that
+    died waiting stops counting at the next repair (recover(), the daemon, the next locker)."""
 
 
 @dataclass(frozen=True)
@@ -43,6 +66,14 @@ class PoolStatistics:
     steals: int = 0
     """ThreadLocalPool: slots an allocator took from another process's magazine because the free
     lists were empty (a magazine never hides a free slot); 0 for the other kinds."""
+    channels: dict[str, ChannelStatistics] = field(default_factory=dict)
+    """The pool's channels by name, in the order they were created (empty with none)."""
+
+    def __post_init__(self) -> None:
+        # The core hands each channel's counters over as a plain dict.
+        channels = {name: c if isinstance(c, ChannelStatistics) else ChannelStatistics(**c)
+                    for name, c in self.channels.items()}
+        object.__setattr__(self, "channels", channels)
 
     def utilization_rate(self) -> float:
         """Percent of capacity in use now (0-100)."""
@@ -80,5 +111,16 @@ class PoolStatistics:
                 f"lock timeouts       {self.lock_timeouts:>14,}",
                 f"recoveries          {self.recoveries:>14,}",
                 f"steals              {self.steals:>14,}",
+                *self._channel_lines(),
             ]
         )
+
+    def _channel_lines(self) -> list[str]:
+        rows = [f"channels            {len(self.channels):>14,}"]
+        if not self.channels:
+            return rows
+        width = max(7, *(len(name) for name in self.channels))
+        rows += [f"  {'CHANNEL':<{width}}  {'LENGTH':>12}  {'PUTS':>14}  {'GETS':>14}  {'REQUEUED':>10}  {'WAITING':>8}"]
+        rows += [f"  {name:<{width}}  {c.length:>12,}  {c.puts:>14,}  {c.gets:>14,}  {c.requeued:>10,}  {c.waiting:>8,}"
+                 for name, c in self.channels.items()]
+        return rows

@@ -45,7 +45,8 @@ def name(pool_name: str):
 
 def test_create_ls_stats_recover_rm_round_trip(name):
     assert "created fixed pool" in ok("create", name, "--capacity", "8", "--slot-size", "64")
-    assert listed()[name] == {"name": name, "kind": "fixed", "slot_size": 64, "capacity": 8, "in_use": 0, "clients": 0}
+    assert listed()[name] == {"name": name, "kind": "fixed", "slot_size": 64, "capacity": 8, "in_use": 0, "clients": 0,
+                              "channels": {}}
 
     pool = attach(name)
     try:
@@ -89,7 +90,7 @@ def test_human_output_is_a_table_and_a_report(name):
     ok("create", name, "--capacity", "10", "--slot-size", "128")
     header, *rows = ok("ls").splitlines()
     assert header.split()[:4] == ["NAME", "KIND", "SLOT", "CAPACITY"]
-    assert [name, "fixed", "128", "10", "0", "0.0%", "0"] in [row.split() for row in rows]
+    assert [name, "fixed", "128", "10", "0", "0.0%", "0", "-"] in [row.split() for row in rows]  # "-": no channels
     assert "hit rate" in ok("stats", name)
     assert ok("recover", name, "--orphan-policy", "reclaim") == f"pool {name!r}: nothing to repair\n"
 
@@ -135,7 +136,8 @@ def test_top_once_shows_every_pool(make_name):
         pools[0].allocate("x")
         lines = ok("top", "--once").rstrip().splitlines()
         assert lines[0].startswith("fastalloc-shm top") and "/dev/shm" in lines[0]
-        rows = {line.split()[0]: line.split() for line in lines[2:]}
+        pool_rows = lines[2:lines.index("", 2)] if "" in lines[2:] else lines[2:]  # the channels' table follows
+        rows = {line.split()[0]: line.split() for line in pool_rows}
         assert rows[names[0]][1:5] == ["fixed", "32", "4", "1"]
         assert rows[names[1]][1:5] == ["fixed", "32", "4", "0"]
     finally:

@@ -20,6 +20,12 @@
  *   (a futex in the shared header) in slices, the GIL released, after reading
  *   the word under the lock; a put moves the word and wakes one sleeper, so
  *   no put is missed between the look and the sleep.
+ * - The waiting word counts the sleepers (its low half) in the epoch of its
+ *   high half. A consumer killed asleep cannot take its count back, so a
+ *   repair (which runs after any death) starts a new epoch at zero and wakes
+ *   every sleeper: each counts itself again before it sleeps again, and a
+ *   sleeper of an older epoch takes nothing back. The count is true across
+ *   processes, after a death from the next repair on.
  */
 
 #include <linux/futex.h>
@@ -33,10 +39,13 @@ static inline uint64_t *channel_words(const Core *c, int ch)
 static inline uint32_t *wake_word(const Core *c, int ch) { return (uint32_t *)&channel_words(c, ch)[CH_WAKE]; }
 static inline int channel_in_use(const Core *c, int ch) { return LOAD((const uint8_t *)channel_words(c, ch)) != 0; }
 
+/* Consumers asleep on `ch` now: the low half of its waiting word (the high half is the epoch). */
+static inline uint32_t channel_waiting(const Core *c, int ch) { return (uint32_t)LOAD(&channel_words(c, ch)[CH_WAITING]); }
+
 static void channel_wake(Core *c, int ch)
 {
     __atomic_fetch_add(wake_word(c, ch), 1, __ATOMIC_SEQ_CST);
-    if (LOAD(&channel_words(c, ch)[CH_WAITING]))
+    if (channel_waiting(c, ch))
         syscall(SYS_futex, wake_word(c, ch), FUTEX_WAKE, 1, NULL, NULL, 0);
 }
 
@@ -136,6 +145,15 @@ static void channels_relink(Core *c, uint8_t *linked, uint64_t capacity)
             last_meta[META_SEQ] = 0;
         cw[CH_TAIL] = last;
         cw[CH_LENGTH] = length;
+        /* A new epoch of waiters: whoever died asleep is no longer counted; the living count
+         * themselves again once woken (they wait for this lock, then sleep anew). */
+        if (!channel_in_use(c, ch))
+            continue;
+        uint64_t was = __atomic_exchange_n(&cw[CH_WAITING], ((LOAD(&cw[CH_WAITING]) >> 32) + 1) << 32, __ATOMIC_SEQ_CST);
+        if ((uint32_t)was) {
+            __atomic_fetch_add(wake_word(c, ch), 1, __ATOMIC_SEQ_CST);
+            syscall(SYS_futex, wake_word(c, ch), FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
+        }
     }
 }
 
@@ -171,11 +189,14 @@ static int channel_wait(Core *c, int ch, uint32_t seen, double deadline)
     struct timespec rel = {(time_t)slice, (long)((slice - (double)(time_t)slice) * 1e9)};
     uint64_t *waiting = &channel_words(c, ch)[CH_WAITING];
     uint32_t *word = wake_word(c, ch);
-    __atomic_fetch_add(waiting, 1, __ATOMIC_SEQ_CST);
+    uint64_t epoch = __atomic_fetch_add(waiting, 1, __ATOMIC_SEQ_CST) >> 32;
     Py_BEGIN_ALLOW_THREADS
     syscall(SYS_futex, word, FUTEX_WAIT, seen, &rel, NULL, 0);
     Py_END_ALLOW_THREADS
-    __atomic_fetch_sub(waiting, 1, __ATOMIC_SEQ_CST);
+    /* Uncount this sleeper unless a repair started a new epoch meanwhile (it counts nobody old). */
+    uint64_t cur = LOAD(waiting);
+    while (cur >> 32 == epoch && (uint32_t)cur && !CAS(waiting, &cur, cur - 1))
+        ;
     return PyErr_CheckSignals() < 0 ? -1 : 1;
 }
 
@@ -471,18 +492,28 @@ static PyObject *channel_watch_impl(Core *c, int ch, double seconds)
     Py_RETURN_FALSE;
 }
 
+/* The counters of channel `ch` as a dict (name, length, puts, gets, requeued, waiting): no lock, a
+ * snapshot a moment old. A new reference, or NULL. */
+static PyObject *channel_counters(Core *c, int ch)
+{
+    const uint64_t *cw = channel_words(c, ch);
+    char name[CHANNEL_NAME_BYTES + 1] = {0};
+    memcpy(name, cw, CHANNEL_NAME_BYTES);
+    /* "replace": a damaged name is shown as such rather than hiding every counter */
+    PyObject *text = PyUnicode_DecodeUTF8(name, (Py_ssize_t)strlen(name), "replace");
+    if (!text)
+        return NULL;
+    return Py_BuildValue("{s:N,s:K,s:K,s:K,s:K,s:I}", "name", text, "length", (unsigned long long)LOAD(&cw[CH_LENGTH]),
+                         "puts", (unsigned long long)LOAD(&cw[CH_PUTS]), "gets", (unsigned long long)LOAD(&cw[CH_GETS]),
+                         "requeued", (unsigned long long)LOAD(&cw[CH_REQUEUED]), "waiting", channel_waiting(c, ch));
+}
+
 /* channel_stats(ch) -> dict: the channel's name and counters. */
 static PyObject *channel_stats_impl(Core *c, int ch)
 {
     if (channel_number(c, ch) < 0)
         return NULL;
-    const uint64_t *cw = channel_words(c, ch);
-    char name[CHANNEL_NAME_BYTES + 1] = {0};
-    memcpy(name, cw, CHANNEL_NAME_BYTES);
-    return Py_BuildValue("{s:s,s:K,s:K,s:K,s:K,s:K}", "name", name, "length", (unsigned long long)LOAD(&cw[CH_LENGTH]),
-                         "puts", (unsigned long long)LOAD(&cw[CH_PUTS]), "gets", (unsigned long long)LOAD(&cw[CH_GETS]),
-                         "requeued", (unsigned long long)LOAD(&cw[CH_REQUEUED]), "waiting",
-                         (unsigned long long)LOAD(&cw[CH_WAITING]));
+    return channel_counters(c, ch);
 }
 
 /* channels() -> [names of the pool's channels, by number] (None for a free entry). */

@@ -12,8 +12,10 @@
  *   [8192, 24576)   client table: MAX_CLIENTS x 64 bytes (one cache line each)
  *   [24576, 32768)  channel table: MAX_CHANNELS x 128 bytes: the name (32 bytes, NUL-padded;
  *                   empty = unused), then u64 words CH_*: head and tail (pool-wide index + 1,
- *                   0 = none), length, puts, gets, requeued, waiting consumers, and the
- *                   wake word (its low u32 is the futex a waiting consumer sleeps on)
+ *                   0 = none), length, puts, gets, requeued, waiting consumers (low u32:
+ *                   the sleepers; high u32: the epoch, a new one at each repair, so a
+ *                   consumer that died asleep stops counting), and the wake word (its
+ *                   low u32 is the futex a waiting consumer sleeps on)
  *   [32768, ...)    extent 0
  * Extent k >= 1 is a segment of its own, /dev/shm/fastalloc.<name>.x<k>.
  *
@@ -42,7 +44,7 @@
 #define FASTALLOC_LAYOUT_H
 
 #define LAYOUT_ITEMS(X) \
-    X(LAYOUT_VERSION, 4) \
+    X(LAYOUT_VERSION, 5) \
     X(HDR_MAGIC, 0) X(HDR_VERSION, 1) X(HDR_KIND, 2) X(HDR_READY, 3) \
     X(HDR_CREATOR_PID, 4) X(HDR_CREATOR_START, 5) X(HDR_SLOT_SIZE, 6) X(HDR_STRIDE, 7) \
     X(HDR_ALIGNMENT, 8) X(HDR_CAPACITY, 9) X(HDR_EXTENTS, 10) X(HDR_FREE_HINT, 11) \

@@ -1,11 +1,28 @@
-/* statistics.c: what the pool says about itself: counters, usage, clients, slot states.
+/* statistics.c: what the pool says about itself: counters, usage, channels, clients, slot states.
  *
  * The header's counters are written by the lock's holder; a ThreadLocalPool's
  * lock-free allocations and releases are counted in each client entry by its
  * owner, and every reader sums them: no counter is written by two processes
- * without the lock. Readers take no lock (a snapshot may be a moment old),
- * except reset_statistics, which writes.
+ * without the lock. A channel's counters live in its entry of the channel
+ * table (channels.c): puts, gets and requeued under the lock, the waiting
+ * consumers by the sleepers themselves. Readers take no lock (a snapshot may
+ * be a moment old), except reset_statistics, which writes.
  */
+
+/* {name: {length, puts, gets, requeued, waiting}} of every channel, in the table's order. */
+static PyObject *channels_counters(Core *c)
+{
+    PyObject *out = PyDict_New();
+    for (int ch = 0; out && ch < MAX_CHANNELS; ch++) {
+        if (!channel_in_use(c, ch))
+            continue;
+        PyObject *counters = channel_counters(c, ch), *name = counters ? PyDict_GetItemString(counters, "name") : NULL;
+        if (!name || PyDict_SetItem(out, name, counters) < 0 || PyDict_DelItemString(counters, "name") < 0)
+            Py_CLEAR(out);
+        Py_XDECREF(counters);
+    }
+    return out;
+}
 
 static PyObject *counters_impl(Core *c)
 {
@@ -27,7 +44,10 @@ static PyObject *counters_impl(Core *c)
     uint64_t peak = LOAD(&h[HDR_PEAK]);
     if ((uint64_t)in_use > peak)
         peak = (uint64_t)in_use;
-    return Py_BuildValue("{s:K,s:L,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:n}", "capacity",
+    PyObject *channels = channels_counters(c);
+    if (!channels)
+        return NULL;
+    return Py_BuildValue("{s:K,s:L,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:n,s:N}", "capacity",
                          (unsigned long long)LOAD(&h[HDR_CAPACITY]), "current_usage", (long long)in_use, "peak_usage",
                          (unsigned long long)peak, "total_allocations", (unsigned long long)allocs, "total_deallocations",
                          (unsigned long long)deallocs, "allocation_failures", (unsigned long long)LOAD(&h[HDR_FAILURES]),
@@ -36,7 +56,7 @@ static PyObject *counters_impl(Core *c)
                          (unsigned long long)LOAD(&h[HDR_LOCK_WAIT_NS]), "lock_timeouts",
                          (unsigned long long)LOAD(&h[HDR_LOCK_TIMEOUTS]), "recoveries",
                          (unsigned long long)LOAD(&h[HDR_RECOVERIES]), "steals", (unsigned long long)LOAD(&h[HDR_STEALS]),
-                         "cached", c->mag_len);
+                         "cached", c->mag_len, "channels", channels);
 }
 
 static PyObject *len_impl(Core *c)
@@ -45,7 +65,8 @@ static PyObject *len_impl(Core *c)
     return PyLong_FromLongLong(in_use > 0 ? in_use : 0);
 }
 
-/* reset_statistics(): every event counter to zero, as the crate's collector; usage stays true, peak restarts at it. */
+/* reset_statistics(): every event counter to zero (the channels' too), as the crate's collector; usage
+ * stays true, peak restarts at it. */
 static PyObject *reset_statistics_impl(Core *c)
 {
     if (core_lock(c) < 0)
@@ -65,6 +86,11 @@ static PyObject *reset_statistics_impl(Core *c)
     h[HDR_FAILURES] = h[HDR_GROWTHS] = h[HDR_LOCK_WAIT_NS] = h[HDR_LOCK_TIMEOUTS] = h[HDR_RECOVERIES] = h[HDR_STEALS] = 0;
     h[HDR_LOCK_ACQUISITIONS] = 0;
     h[HDR_PEAK] = in_use > 0 ? (uint64_t)in_use : 0;
+    for (int ch = 0; ch < MAX_CHANNELS; ch++) {
+        uint64_t *cw = channel_words(c, ch); /* events only: length and waiting describe the channel now */
+        if (channel_in_use(c, ch))
+            cw[CH_PUTS] = cw[CH_GETS] = cw[CH_REQUEUED] = 0;
+    }
     core_unlock(c);
     Py_RETURN_NONE;
 }
