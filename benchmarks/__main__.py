@@ -19,7 +19,7 @@ from contextlib import nullcontext
 from importlib import metadata
 from pathlib import Path
 
-from . import compiled, headtohead, plot, report, runner
+from . import compiled, headtohead, job, plot, report, runner
 from .progress import Progress
 from .redis_server import RedisServer
 from .settings import Settings
@@ -112,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         redis_url = args.redis_url or (redis.url if redis else None)
         settings = Settings.make(args.quick, run_tag, redis_url)
         total = sum(len(plan(BY_NAME[n], settings)) for n in args.names) + 1 + headtohead.steps(settings, args.names)
+        total += job.steps(settings.quick, redis_url) if runner.JOB_SYSTEM in args.names else 0
         progress = Progress(total)
         if redis is not None:
             progress.note(f"redis: private redis-server at {redis.url}" if redis.url else f"redis: {redis.reason}")

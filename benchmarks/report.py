@@ -15,7 +15,7 @@ import statistics
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from . import headtohead, library
+from . import headtohead, job, library
 from .systems import BY_NAME, SYSTEMS
 from .values import VALUES
 from .workloads import OPS
@@ -95,6 +95,9 @@ def check_targets(t: Table, names: list[str]) -> list[Target]:
     else:
         out.append(Target("not measured", "ThreadLocalPool 2 processes vs one (target ≥ 1.8×)"))
     out += _prodcons(t)
+    job_rows = [r for r in t.rows.values() if r["op"].startswith("job/")]
+    if job_rows:
+        out += [Target(*target) for target in job.targets(job_rows)]
     out.append(_curve(t))
     for kind in library.KINDS:
         v = t.get(kind, "overhead/1024")
@@ -225,6 +228,7 @@ def markdown(results, settings, meta: dict, targets: list[Target], names: list[s
               "ratios come from the head-to-head below.", ""]
     lines += [f"- {tg.line()}" for tg in targets] + [""]
     lines += _h2h_section(t, names, settings)
+    lines += _job_section(t, results)
 
     for kind in VALUES:
         lines += [f"## Single operations, {KIND_TITLES[kind]}", ""]
@@ -293,6 +297,18 @@ def markdown(results, settings, meta: dict, targets: list[Target], names: list[s
     lines += _redis_pool_section(results)
     lines += _status_section(results, names)
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _job_section(t: Table, results) -> list[str]:
+    job_rows = [r for r in t.rows.values() if r["op"].startswith("job/")]
+    if not job_rows:
+        return []
+    first = job_rows[0]
+    return ["## The users' job: 1 producer → 2 consumer processes", "",
+            f"{first['items']:,} work items of ~50 msgpack bytes per repetition, then {first['paced_items']:,} "
+            "paced (one per 100 µs) for the latency; the median of the rounds, which interleave the transports. "
+            "CPU is the three processes' (not Redis's server). How each transport is driven: `job.py`.", "",
+            *job.table(job_rows, getattr(results, "job_unavailable", {})), ""]
 
 
 def _h2h_section(t: Table, names: list[str], settings) -> list[str]:

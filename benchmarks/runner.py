@@ -21,7 +21,7 @@ import traceback
 
 import psutil
 
-from . import headtohead, systems, workloads
+from . import headtohead, job, systems, workloads
 
 SHM_DIR = "/dev/shm"
 STOP_GRACE = 10.0  # seconds a timed-out child gets to clean up after SIGTERM
@@ -85,6 +85,7 @@ class Results:
         self.redis_pool: list[dict] = []
         self.redis_pool_status = "not run"
         self.swept: list[str] = []
+        self.job_unavailable: dict[str, str] = {}
 
 
 def _stop(proc, descendants: list) -> None:
@@ -144,6 +145,8 @@ def run_all(settings, names: list[str], progress) -> Results:
     """The head-to-head, then every named system in turn, then the RedisPool section; then sweep leftovers."""
     results = Results()
     headtohead.run(settings, names, results, progress)
+    if JOB_SYSTEM in names:
+        _run_job(settings, results, progress)
     for name in names:
         index = [s.name for s in systems.SYSTEMS].index(name)
         labels = [label for label, _ in workloads.plan(systems.BY_NAME[name], settings)]
@@ -173,6 +176,18 @@ def run_all(settings, names: list[str], progress) -> Results:
     _run_redis_pool(settings, results, progress)
     results.swept = sweep(settings.run_tag)
     return results
+
+
+JOB_SYSTEM = "FixedPool"  # the job (job.py) runs when the library is measured
+
+
+def _run_job(settings, results: Results, progress) -> None:
+    """The users' job: every transport, in this process (each repetition spawns its own three)."""
+    got = job.run(settings.quick, settings.redis_url, settings.run_tag,
+                  progress=lambda label: progress.advance(label, "job"))
+    results.rows += got["rows"]
+    results.errors += got["errors"]
+    results.job_unavailable = got["unavailable"]
 
 
 def _run_redis_pool(settings, results: Results, progress) -> None:

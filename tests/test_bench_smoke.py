@@ -1,7 +1,7 @@
 """`python -m benchmarks --quick` runs end to end: every system measured, every output written.
 
 Timings are not asserted (the targets are reported by the benchmark itself). Needs the
-``bench`` extra (lmdb, UltraDict, shared-memory-dict, redis, matplotlib, iceoryx2): skipped without it on a
+``bench`` extra (lmdb, UltraDict, shared-memory-dict, redis, matplotlib, iceoryx2, faster-fifo): skipped without it on a
 developer's machine, a collection error in CI (tests/requirements.py).
 """
 
@@ -21,10 +21,10 @@ from . import requirements
 
 # Before the benchmark modules, which import these: a missing one skips this module on a
 # developer's machine and fails collection in CI (tests/requirements.py).
-requirements.modules("matplotlib", "lmdb", "UltraDict", "shared_memory_dict", "redis", "iceoryx2",
+requirements.modules("matplotlib", "lmdb", "UltraDict", "shared_memory_dict", "redis", "iceoryx2", "faster_fifo",
                      reason="needs the bench extra: pip install -e '.[bench]'")
 
-from benchmarks import compiled, headtohead  # noqa: E402
+from benchmarks import compiled, headtohead, job  # noqa: E402
 from benchmarks.peers import Iceoryx2Peer  # noqa: E402
 from benchmarks.systems import SYSTEMS  # noqa: E402
 from benchmarks.values import BYTES100, SMALL  # noqa: E402
@@ -145,3 +145,14 @@ def test_run_leaves_no_objects_or_servers_behind(quick_run):
             assert "redis" not in psutil.Process(pid).name(), "the private redis-server is still running"
         except psutil.NoSuchProcess:
             pass
+
+
+def test_every_transport_of_the_job_moved_every_item_and_has_a_row(quick_run):
+    """The users' job (benchmarks/job.py) checks each repetition got every item exactly once; a
+    transport that failed that check, or did not run, has no row and shows in the errors."""
+    _, doc, md = quick_run
+    measured = {r["system"] for r in doc["rows"] if r["op"] == "job/items_per_s" and r["value"]}
+    expected = {t.name for t in job.transports("redis://unused")}
+    assert measured == expected, [e for e in doc.get("errors", []) if e.get("step") == "job"]
+    assert "## The users' job: 1 producer → 2 consumer processes" in md
+    assert any("channel, one item per put/get" in t["text"] for t in doc["targets"])
