@@ -165,6 +165,11 @@ def test_reset_statistics_zeroes_the_channels_events_and_keeps_their_state(pool_
         todo = pool.channel("todo")
         todo.put_many([1, 2, 3])
         todo.get()
+        dying = subprocess.Popen([sys.executable, "-m", "tests.channel_child", pool_name, "todo", "take_and_die"],
+                                 cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        dying.communicate(timeout=30)
+        assert pool.recover().requeued == 1
+        assert counters(pool) == ChannelStatistics(length=2, puts=3, gets=2, requeued=1, waiting=0)
         pool.channel("other")
         consumer = blocked_consumer(pool_name, "other")
         try:

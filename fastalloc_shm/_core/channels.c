@@ -20,12 +20,13 @@
  *   (a futex in the shared header) in slices, the GIL released, after reading
  *   the word under the lock; a put moves the word and wakes one sleeper, so
  *   no put is missed between the look and the sleep.
- * - The waiting word counts the sleepers (its low half) in the epoch of its
- *   high half. A consumer killed asleep cannot take its count back, so a
- *   repair (which runs after any death) starts a new epoch at zero and wakes
- *   every sleeper: each counts itself again before it sleeps again, and a
- *   sleeper of an older epoch takes nothing back. The count is true across
- *   processes, after a death from the next repair on.
+ * - The waiting word counts the consumers blocked in a get (its low half),
+ *   from their first sleep until the get returns, in the epoch of its high
+ *   half. A consumer killed asleep cannot take its count back, so a repair
+ *   (which runs after any death) starts a new epoch at zero and wakes every
+ *   sleeper: each counts itself again before it sleeps again, and one counted
+ *   in an older epoch takes nothing back. The count is true across processes,
+ *   after a death from the next repair on.
  */
 
 #include <linux/futex.h>
@@ -178,25 +179,49 @@ static int channel_open_locked(Core *c, const char *name, size_t len, Failure *f
     return free_entry;
 }
 
+/* A consumer's place in its channel's waiting count, held from its first sleep until its get returns. */
+typedef struct {
+    int counted;
+    uint64_t epoch; /* the waiting word's high half when it counted itself */
+} Waiter;
+
+/* Count `w` among the consumers waiting on `ch`, again if a repair started a new epoch since. */
+static void waiter_count(Core *c, int ch, Waiter *w)
+{
+    uint64_t *waiting = &channel_words(c, ch)[CH_WAITING];
+    if (w->counted && LOAD(waiting) >> 32 == w->epoch)
+        return;
+    w->epoch = __atomic_fetch_add(waiting, 1, __ATOMIC_SEQ_CST) >> 32;
+    w->counted = 1;
+}
+
+/* Uncount `w`, unless a repair started a new epoch meanwhile (that one counts nobody old). */
+static void waiter_done(Core *c, int ch, Waiter *w)
+{
+    if (!w->counted)
+        return;
+    uint64_t *waiting = &channel_words(c, ch)[CH_WAITING];
+    uint64_t cur = LOAD(waiting);
+    while (cur >> 32 == w->epoch && (uint32_t)cur && !CAS(waiting, &cur, cur - 1))
+        ;
+    w->counted = 0;
+}
+
 /* Wait one slice for a put into `ch` (its wake word was `seen` under the lock), the GIL
- * released. 1 look again, 0 the deadline passed, -1 a signal handler raised. */
-static int channel_wait(Core *c, int ch, uint32_t seen, double deadline)
+ * released, counted as waiting (`w`: the caller uncounts it when its get returns).
+ * 1 look again, 0 the deadline passed, -1 a signal handler raised. */
+static int channel_wait(Core *c, int ch, uint32_t seen, double deadline, Waiter *w)
 {
     double now = monotonic_now();
     if (now >= deadline)
         return 0;
     double slice = deadline - now < WAIT_SLICE ? deadline - now : WAIT_SLICE;
     struct timespec rel = {(time_t)slice, (long)((slice - (double)(time_t)slice) * 1e9)};
-    uint64_t *waiting = &channel_words(c, ch)[CH_WAITING];
     uint32_t *word = wake_word(c, ch);
-    uint64_t epoch = __atomic_fetch_add(waiting, 1, __ATOMIC_SEQ_CST) >> 32;
+    waiter_count(c, ch, w);
     Py_BEGIN_ALLOW_THREADS
     syscall(SYS_futex, word, FUTEX_WAIT, seen, &rel, NULL, 0);
     Py_END_ALLOW_THREADS
-    /* Uncount this sleeper unless a repair started a new epoch meanwhile (it counts nobody old). */
-    uint64_t cur = LOAD(waiting);
-    while (cur >> 32 == epoch && (uint32_t)cur && !CAS(waiting, &cur, cur - 1))
-        ;
     return PyErr_CheckSignals() < 0 ? -1 : 1;
 }
 
@@ -351,6 +376,7 @@ static PyObject *channel_take(Core *c, int ch, Py_ssize_t max_items, double time
     if (!out)
         return NULL;
     double deadline = deadline_of(timeout);
+    Waiter w = {0};
     for (;;) {
         if (core_lock(c) < 0)
             goto fail;
@@ -407,13 +433,15 @@ static PyObject *channel_take(Core *c, int ch, Py_ssize_t max_items, double time
                 raise_damaged(c, "a queued value is longer than its slot; run recover()");
             goto fail;
         }
-        if (n)
+        if (n) {
+            waiter_done(c, ch, &w);
             return out;
+        }
         if (timeout == 0) {
             channel_empty(c, ch, timeout);
             goto fail;
         }
-        int r = channel_wait(c, ch, seen, deadline);
+        int r = channel_wait(c, ch, seen, deadline, &w);
         if (r < 0)
             goto fail;
         if (r == 0) {
@@ -422,6 +450,7 @@ static PyObject *channel_take(Core *c, int ch, Py_ssize_t max_items, double time
         }
     }
 fail:
+    waiter_done(c, ch, &w);
     Py_DECREF(out);
     return NULL;
 }
@@ -487,7 +516,10 @@ static PyObject *channel_watch_impl(Core *c, int ch, double seconds)
     core_unlock(c);
     if (length)
         Py_RETURN_TRUE;
-    if (channel_wait(c, ch, seen, monotonic_now() + seconds) < 0)
+    Waiter w = {0};
+    int r = channel_wait(c, ch, seen, monotonic_now() + seconds, &w);
+    waiter_done(c, ch, &w);
+    if (r < 0)
         return NULL;
     Py_RETURN_FALSE;
 }
