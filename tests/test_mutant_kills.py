@@ -151,14 +151,17 @@ def test_a_segment_closes_once_and_says_so(pool_name):
 
 
 def test_no_room_says_how_much_and_where_to_get_more():
+    """Kills _segment.py's _no_room 4 (its last line wrapped in XX): the message is asserted whole."""
+    import re
+
     from fastalloc_shm import _segment
     from fastalloc_shm.errors import SharedMemoryFull
 
     error = _segment._no_room("pool 'x'", 123456)
     assert isinstance(error, SharedMemoryFull)
-    text = str(error)
-    assert text.startswith("pool 'x' needs 123,456 bytes but /dev/shm has ") and " free; free space" in text
-    assert "docker --shm-size" in text and "emptyDir with medium: Memory" in text
+    assert re.fullmatch(r"pool 'x' needs 123,456 bytes but /dev/shm has [\d,]+ free; free space or give the "
+                        r"container more \(docker --shm-size, compose shm_size, a Kubernetes emptyDir with medium: "
+                        r"Memory\)", str(error)), str(error)
 
 
 def test_open_segment_and_semaphore_name_what_is_missing(pool_name):
@@ -240,6 +243,241 @@ def test_create_semaphore_replaces_a_stale_one_with_a_fresh_count(pool_name):
     finally:
         sem.close()
         posix_ipc.unlink_semaphore(posix)
+
+
+def _in_a_child(work) -> str:
+    """Run `work()` in a forked child (which runs this process's code, mutants included); what it returned
+    or raised, as text."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read)
+        try:
+            text = f"returned {work()!r}"
+        except BaseException as exc:  # noqa: BLE001 - the child reports whatever ended it
+            text = f"{type(exc).__name__}: {exc}"
+        os.write(write, text.encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as f:
+        text = f.read().decode()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, text
+    return text
+
+
+def test_still_named_is_false_once_the_name_is_unlinked_or_replaced(pool_name):
+    """Kills _segment.py's still_named 5 (an unlinked name answered True)."""
+    from fastalloc_shm import _segment
+
+    posix = f"/fastalloc.{pool_name}"
+    first = _segment.create_segment(posix, 4096, 0o600, "x")
+    try:
+        assert _segment.still_named(first)
+        _segment.unlink_segment(posix)
+        assert not _segment.still_named(first)  # no file under the name now
+        second = _segment.create_segment(posix, 4096, 0o600, "x")
+        try:
+            assert _segment.still_named(second) and not _segment.still_named(first)  # another file under it
+        finally:
+            second.close()
+            _segment.unlink_segment(posix)
+    finally:
+        first.close()
+
+
+@needs_root("to open a segment and a semaphore as a user they do not admit")
+def test_a_user_who_may_not_open_the_segment_or_its_lock_is_told_so(pool_name):
+    """Kills _segment.py's open_segment 4 and open_semaphore 4 (the PermissionsError messages made None):
+    a process of uid 65534 opens a pool whose segment and semaphore only root may open."""
+    import posix_ipc
+
+    from fastalloc_shm import _segment
+
+    posix = f"/fastalloc.{pool_name}"
+    seg = _segment.create_segment(posix, 4096, 0o600, "x")
+    sem = _segment.create_semaphore(posix, 0o600, 1)
+    trusted = frozenset({0})
+
+    def as_nobody(opener):
+        def work():
+            os.setgid(65534)
+            os.setuid(65534)
+            return opener(posix, "pool 'x'", trusted)
+        return _in_a_child(work)
+
+    try:
+        assert as_nobody(_segment.open_segment).startswith(
+            f"PoolNotFound: pool 'x': {posix} exists but this user may not open it (")
+        assert as_nobody(_segment.open_semaphore).startswith("PoolNotFound: pool 'x': this user may not open its lock (")
+    finally:
+        seg.close()
+        _segment.unlink_segment(posix)
+        sem.close()
+        posix_ipc.unlink_semaphore(posix)
+
+
+def test_a_segment_too_large_to_map_is_incompatible_and_its_fd_is_closed(pool_name):
+    """Kills _segment.py's open_segment 23 (os.close(None) on a failed mapping) and 24 (its message
+    made None): a segment of 2**60 bytes (sparse in tmpfs) cannot be mapped in any address space."""
+    from fastalloc_shm import _segment
+    from fastalloc_shm.errors import IncompatiblePool
+
+    posix = f"/fastalloc.{pool_name}"
+    path = _segment.segment_path(posix)
+    with open(path, "wb") as f:
+        f.truncate(2**60)
+    try:
+        before = sorted(os.listdir("/proc/self/fd"))
+        with pytest.raises(IncompatiblePool) as raised:
+            _segment.open_segment(posix, "pool 'x'", frozenset({os.geteuid()}))
+        assert str(raised.value).startswith(f"pool 'x': cannot map {posix} ([Errno ")
+        assert sorted(os.listdir("/proc/self/fd")) == before  # the fd it opened is closed
+    finally:
+        os.unlink(path)
+
+
+def test_a_segment_on_fd_0_is_closed_too(pool_name):
+    """Kills _segment.py's Segment.close 3 and 4 (`fd >= 0` made `fd > 0`, `fd >= 1`): in a process
+    whose stdin is closed (a daemon's, say) a segment gets fd 0, and close() closes it."""
+    from fastalloc_shm import _segment
+
+    posix = f"/fastalloc.{pool_name}"
+
+    def work():
+        os.close(0)
+        seg = _segment.create_segment(posix, 4096, 0o600, "x")
+        _segment.unlink_segment(posix)
+        fd = seg.fd
+        seg.close()
+        try:
+            os.fstat(0)
+        except OSError:
+            return fd, "fd 0 closed"
+        return fd, "fd 0 open"
+
+    try:
+        assert _in_a_child(work) == "returned (0, 'fd 0 closed')"
+    finally:
+        _segment.unlink_segment(posix)
+
+
+def test_a_segment_larger_than_dev_shm_is_refused_before_anything_is_made(pool_name):
+    """Kills _segment.py's create_segment 2-5 (what or size missing from the refusal) and 13 (the
+    PoolExistsError message made None)."""
+    from fastalloc_shm import _segment
+    from fastalloc_shm.errors import PoolExistsError, SharedMemoryFull
+
+    posix = f"/fastalloc.{pool_name}"
+    with pytest.raises(SharedMemoryFull) as raised:
+        _segment.create_segment(posix, 2**60, 0o600, "pool 'x'")
+    assert str(raised.value).startswith("pool 'x' needs 1,152,921,504,606,846,976 bytes but /dev/shm has ")
+    assert not os.path.exists(_segment.segment_path(posix))
+    seg = _segment.create_segment(posix, 4096, 0o600, "pool 'x'")
+    try:
+        with pytest.raises(PoolExistsError) as raised:
+            _segment.create_segment(posix, 4096, 0o600, "pool 'x'")
+        assert str(raised.value) == f"pool 'x': {posix} exists already"
+    finally:
+        seg.close()
+        _segment.unlink_segment(posix)
+
+
+def test_a_segment_the_file_size_limit_refuses_is_removed_and_reported_as_no_room(pool_name):
+    """Kills _segment.py's create_segment 36-42: when sizing the new segment fails (here RLIMIT_FSIZE below
+    its size, so ftruncate fails with EFBIG), its fd is closed, its name removed, and the error is
+    SharedMemoryFull naming what needed how much."""
+    import resource
+    import signal
+
+    from fastalloc_shm import _segment
+
+    posix = f"/fastalloc.{pool_name}"
+
+    def work():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of the signal
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+        fds = sorted(os.listdir("/proc/self/fd"))
+        try:
+            _segment.create_segment(posix, 65536, 0o600, "pool 'x'")
+        except Exception as exc:
+            left = os.path.exists(_segment.segment_path(posix))
+            return type(exc).__name__, str(exc).split(" but ")[0], left, sorted(os.listdir("/proc/self/fd")) == fds
+        return "created"
+
+    try:
+        assert _in_a_child(work) == "returned ('SharedMemoryFull', \"pool 'x' needs 65,536 bytes\", False, True)"
+    finally:
+        _segment.unlink_segment(posix)
+
+
+def test_segment_path_strips_only_the_leading_slash():
+    """Kills _segment.py's segment_path 7 (lstrip("XX/XX"): a name's leading X's stripped too)."""
+    from fastalloc_shm import _segment
+
+    assert _segment.segment_path("/XX.y") == "/dev/shm/XX.y"
+
+
+def test_unlinking_a_missing_segment_says_there_was_none(pool_name):
+    """Kills _segment.py's _unlink_quietly 3 (a missing name answered True)."""
+    from fastalloc_shm import _segment
+
+    assert _segment.unlink_segment(f"/fastalloc.{pool_name}") is False
+    assert _segment.unlink_segment_with_id(f"/fastalloc.{pool_name}") == (False, None)
+
+
+def test_unlink_with_id_removes_a_symlink_by_name_and_never_follows_it(pool_name):
+    """Kills _segment.py's unlink_segment_with_id 8, 9 (O_NOFOLLOW lost: the link is followed, its target's
+    inode is not the name's, nothing is removed) and 11 (the name not removed on that branch)."""
+    from fastalloc_shm import _segment
+
+    posix = f"/fastalloc.{pool_name}"
+    target = f"/dev/shm/{pool_name}-target"
+    words = [0] * (L.HDR_POOL_ID + 1)
+    words[L.HDR_MAGIC], words[L.HDR_POOL_ID] = L.MAGIC, 77
+    with open(target, "wb") as f:
+        f.write(struct.pack(f"<{len(words)}Q", *words))
+    os.symlink(target, _segment.segment_path(posix))
+    try:
+        assert _segment.unlink_segment_with_id(posix) == (True, None)
+        assert not os.path.lexists(_segment.segment_path(posix)) and os.path.exists(target)
+    finally:
+        if os.path.lexists(_segment.segment_path(posix)):
+            os.unlink(_segment.segment_path(posix))
+        os.unlink(target)
+
+
+def test_unlink_with_id_reads_an_id_only_under_the_magic_and_only_whole(pool_name):
+    """Kills _segment.py's _pool_id 16 (a header too short for the id word read past its end) and 24
+    (the magic not checked: a garbage header's id word taken for a pool id)."""
+    from fastalloc_shm import _segment
+
+    posix = f"/fastalloc.{pool_name}"
+    path = _segment.segment_path(posix)
+    cases = [(L.MAGIC, 77, 8 * (L.HDR_POOL_ID + 1), 77),  # a header: its id
+             (L.MAGIC + 1, 77, 8 * (L.HDR_POOL_ID + 1), None),  # no magic: no id
+             (L.MAGIC, 77, 8 * L.HDR_POOL_ID, None)]  # too short to hold the id word
+    for magic, pool_id, size, expected in cases:
+        words = [0] * (L.HDR_POOL_ID + 1)
+        words[L.HDR_MAGIC], words[L.HDR_POOL_ID] = magic, pool_id
+        with open(path, "wb") as f:
+            f.write(struct.pack(f"<{len(words)}Q", *words)[:size])
+        assert _segment.unlink_segment_with_id(posix) == (True, expected), (magic, size)
+
+
+def test_extent_names_on_disk_are_the_pools_numbered_extents_only(pool_name):
+    """Kills _segment.py's extent_names_on_disk 6 (`and` made `or`: a name with the prefix but no number
+    taken for an extent)."""
+    from fastalloc_shm import _segment
+
+    made = [f"/dev/shm/fastalloc.{pool_name}.x3", f"/dev/shm/fastalloc.{pool_name}.xtra"]
+    for path in made:
+        open(path, "wb").close()
+    try:
+        assert _segment.extent_names_on_disk(pool_name) == [f"/fastalloc.{pool_name}.x3"]
+    finally:
+        for path in made:
+            os.unlink(path)
 
 
 # ---- mutmut: fastalloc_shm/handle.py ----
@@ -618,3 +856,351 @@ def test_both_callables_of_a_reset_pair_are_checked_and_named():
         with pytest.raises(ConfigError) as raised:
             PoolConfig(capacity=1, reset=pair)
         assert str(raised.value) == "reset: 42 is not callable"
+
+
+# ---- mutmut: daemon/registry.py (fastalloc_shmd.registry), driven in this process ----
+# test_daemon.py runs the daemon as a subprocess, which mutmut cannot see: these drive a Registry here,
+# over real pools and real client processes.
+
+
+def _spec(name, capacity=4, kind="fixed", persist=False):
+    from fastalloc_shm import PoolConfig
+    from fastalloc_shmd.config import PoolSpec
+
+    return PoolSpec(name, kind, PoolConfig(capacity=capacity, slot_size=64), persist)
+
+
+def _info(name, *, owned, persist, declared, in_use=0, capacity=4, kind="fixed"):
+    return {"name": name, "kind": kind, "capacity": capacity, "slot_size": 64, "in_use": in_use, "owned": owned,
+            "persist": persist, "declared": declared}
+
+
+def _logged(caplog):
+    return [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "fastalloc_shmd"]
+
+
+@pytest.fixture
+def registry(caplog):
+    import logging
+
+    from fastalloc_shmd.registry import Registry
+
+    caplog.set_level(logging.INFO, logger="fastalloc_shmd")
+    reg = Registry()
+    yield reg
+    reg.close()
+
+
+@pytest.fixture
+def sleeper():
+    """A live client process (its pid is what a client registers)."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    yield proc
+    proc.kill()
+    proc.wait()
+
+
+def _die_holding_a_slot(name):
+    """A child attaches pool `name`, allocates one slot and dies without releasing it."""
+    from fastalloc_shm import attach
+
+    pid = os.fork()
+    if pid == 0:
+        try:
+            pool = attach(name)  # held: a temporary pool is collected (and closed) before its allocate runs
+            pool.allocate(b"held")
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+
+
+def _die_with_cached_slots(name):
+    """A child attaches ThreadLocalPool `name`, allocates and releases (its magazine keeps the slot) and dies."""
+    from fastalloc_shm import attach
+
+    pid = os.fork()
+    if pid == 0:
+        try:
+            pool = attach(name)
+            pool.release(pool.allocate(b"cached"))
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+
+
+def test_a_reload_opens_new_pools_keeps_the_live_shape_and_says_what_it_kept(registry, make_name, caplog):
+    """Kills registry.py's apply, _open, _adopt and _info mutants: what a config opens (owned, declared),
+    what a reload with changed settings logs and keeps, what a pool removed from the config becomes."""
+    from fastalloc_shm import FixedPool, unlink
+    from fastalloc_shmd.config import DaemonConfig
+
+    a, b, c, w = make_name(), make_name(), make_name(), make_name()
+    try:
+        registry.apply(DaemonConfig({a: _spec(a), b: _spec(b, persist=True), c: _spec(c)}, source="one.toml"),
+                       strict=True)
+        assert _logged(caplog) == [("INFO", f"pool {a!r} ready: fixed, 4 slots of 64 B"),
+                                   ("INFO", f"pool {b!r} ready: fixed, 4 slots of 64 B, persists"),
+                                   ("INFO", f"pool {c!r} ready: fixed, 4 slots of 64 B")]
+        assert registry.list() == sorted([_info(a, owned=True, persist=False, declared=True),
+                                          _info(b, owned=True, persist=True, declared=True),
+                                          _info(c, owned=True, persist=False, declared=True)], key=lambda i: i["name"])
+        watched = FixedPool.create(w, capacity=4, slot_size=64)
+        registry.register(os.getpid(), [w])
+        caplog.clear()
+        again = DaemonConfig({a: _spec(a, capacity=8, persist=True), w: _spec(w, capacity=2)}, source="two.toml")
+        registry.apply(again, strict=True)
+        assert _logged(caplog) == [
+            ("WARNING", f"pool {a!r}: new settings in the config are not applied to the live pool; destroy it "
+                        f"(`fastalloc-shm rm {a}`) and reload to recreate it with them"),
+            ("WARNING", f"pool {b!r} was removed from two.toml: kept as it is (clients may still use it) and kept at "
+                        f"stop; remove it now with `fastalloc-shm rm {b}` or DaemonClient().destroy({b!r})"),
+            ("WARNING", f"pool {c!r} was removed from two.toml: kept as it is (clients may still use it) and unlinked "
+                        f"at stop; remove it now with `fastalloc-shm rm {c}` or DaemonClient().destroy({c!r})")]
+        # the live shape stays (4 slots), the new persist applies; the watched pool is owned now, without a warning
+        assert registry.list() == sorted([_info(a, owned=True, persist=True, declared=True),
+                                          _info(b, owned=True, persist=True, declared=False),
+                                          _info(c, owned=True, persist=False, declared=False),
+                                          _info(w, owned=True, persist=False, declared=True)], key=lambda i: i["name"])
+        caplog.clear()
+        registry.apply(DaemonConfig({a: _spec(a, persist=True)}, source="three.toml"), strict=True)
+        assert _logged(caplog) == [  # the same settings again: no word about a; b and c were warned of once
+            ("WARNING", f"pool {w!r} was removed from three.toml: kept as it is (clients may still use it) and "
+                        f"unlinked at stop; remove it now with `fastalloc-shm rm {w}` or DaemonClient().destroy({w!r})")]
+        watched.close()
+    finally:
+        registry.close()
+        for name in (a, b, c, w):
+            unlink(name)
+
+
+def test_a_pool_that_cannot_be_opened_stops_a_strict_apply_and_is_logged_by_a_reload(registry, make_name, caplog):
+    """Kills registry.py's apply mutants of its error path: strict raises; otherwise the error is logged
+    whole and the pools after it are opened."""
+    from fastalloc_shm import FixedPool, unlink
+    from fastalloc_shm.errors import FastallocError
+    from fastalloc_shmd.config import DaemonConfig
+
+    bad, good = make_name(), make_name()
+    squatter = FixedPool.create(bad, capacity=2, slot_size=64)  # another shape under the name
+    try:
+        config = DaemonConfig({bad: _spec(bad), good: _spec(good)}, source="d.toml")
+        with pytest.raises(FastallocError):
+            registry.apply(config, strict=True)
+        assert registry.names() == []
+        registry.apply(config, strict=False)
+        assert registry.names() == [good]
+        errors = [m for lv, m in _logged(caplog) if lv == "ERROR"]
+        assert len(errors) == 1 and errors[0].startswith(f"pool {bad!r} from d.toml not opened: pool {bad!r}")
+    finally:
+        squatter.close()
+        registry.close()
+        unlink(bad)
+        unlink(good)
+
+
+def test_create_and_destroy_ops_of_the_registry(registry, make_name, sleeper, caplog):
+    """Kills registry.py's create, destroy and _get mutants: what create answers for a new pool, for one of
+    the same name and kind, of another kind, and without exist_ok; what destroy removes, and its refusals."""
+    from fastalloc_shm import FixedPool, unlink
+    from fastalloc_shm._admin import list_pools
+    from fastalloc_shm.errors import IncompatiblePool, PoolExistsError, PoolNotFound
+
+    a, outside, missing = make_name(), make_name(), make_name()
+    try:
+        assert registry.create(_spec(a), exist_ok=False) == _info(a, owned=True, persist=False, declared=False)
+        assert registry.create(_spec(a), exist_ok=True) == _info(a, owned=True, persist=False, declared=False)
+        with pytest.raises(PoolExistsError) as raised:
+            registry.create(_spec(a), exist_ok=False)
+        assert str(raised.value) == f"pool {a!r} exists (managed by this daemon); pass exist_ok=True"
+        with pytest.raises(IncompatiblePool) as raised:
+            registry.create(_spec(a, kind="growing"), exist_ok=True)
+        assert str(raised.value) == f"pool {a!r} is a fixed pool, not growing"
+        registry.register(sleeper.pid, [a])
+        pool = registry._pools[a].pool
+        caplog.clear()
+        registry.destroy(a)
+        assert pool._closed and a not in list_pools() and registry.names() == []
+        assert registry.clients() == {sleeper.pid: set()}
+        assert _logged(caplog) == [("INFO", f"pool {a!r} destroyed on request")]
+        FixedPool.create(outside, capacity=1, slot_size=64).close()
+        registry.destroy(outside)  # not managed, but on the machine: unlinked
+        assert outside not in list_pools()
+        with pytest.raises(PoolNotFound) as raised:
+            registry.destroy(missing)
+        assert str(raised.value) == f"no pool named {missing!r} on this machine"
+        with pytest.raises(PoolNotFound) as raised:
+            registry.stats(missing)
+        assert str(raised.value) == f"fastalloc-shmd does not manage a pool named {missing!r}; see the `list` op"
+    finally:
+        registry.close()
+        for name in (a, outside):
+            unlink(name)
+
+
+def test_register_watches_a_live_pid_and_forgets_it_once_dead(registry, make_name, sleeper, caplog):
+    """Kills registry.py's register, clients and pop_dead_clients mutants: a dead pid is refused, a live one's
+    pools are attached (watched, not owned) or shared with a managed one, its pools add up; a failed attach
+    closes what it opened; a client that died is popped once."""
+    import subprocess
+    import sys
+
+    from fastalloc_shm import FixedPool, attach, unlink
+    from fastalloc_shm.errors import FastallocError, PoolNotFound
+
+    x, y, z, missing = make_name(), make_name(), make_name(), make_name()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    try:
+        with pytest.raises(FastallocError) as raised:
+            registry.register(dead.pid, [x])
+        assert str(raised.value) == f"pid {dead.pid} is not a running process; register a live one"
+        FixedPool.create(x, capacity=4, slot_size=64).close()
+        FixedPool.create(z, capacity=4, slot_size=64).close()
+        registry.create(_spec(y), exist_ok=False)
+        caplog.clear()
+        assert registry.register(sleeper.pid, [x]) == {"pid": sleeper.pid, "pools": [x]}
+        assert _logged(caplog) == [("INFO", f"watching pool {x!r} (used by pid {sleeper.pid})")]
+        assert registry.register(sleeper.pid, [y, x]) == {"pid": sleeper.pid, "pools": sorted([x, y])}
+        assert registry.register(os.getpid(), [x]) == {"pid": os.getpid(), "pools": [x]}
+        assert registry.clients() == {sleeper.pid: {x, y}, os.getpid(): {x}}
+        assert registry.list() == sorted([_info(x, owned=False, persist=False, declared=False),
+                                          _info(y, owned=True, persist=False, declared=False)], key=lambda i: i["name"])
+        with pytest.raises(PoolNotFound):
+            registry.register(sleeper.pid, [z, missing])
+        assert z not in registry.names() and registry.clients()[sleeper.pid] == {x, y}
+        mine = attach(z)
+        try:  # the registry's attach of z was closed: the only client left in z's table is this one
+            assert [c.alive for c in mine.clients()] == [True]
+        finally:
+            mine.close()
+        assert registry.pop_dead_clients() == []
+        sleeper.kill()
+        sleeper.wait()
+        (gone,) = registry.pop_dead_clients()
+        assert (gone.pid, gone.pools) == (sleeper.pid, {x, y})
+        assert registry.clients() == {os.getpid(): {x}}
+        assert registry.pop_dead_clients() == []
+    finally:
+        registry.close()
+        for name in (x, y, z):
+            unlink(name)
+
+
+def test_stats_and_samples_of_the_managed_pools(registry, make_name):
+    """Kills registry.py's stats, stats_all and sample mutants: every field each reports, for each pool."""
+    from fastalloc_shm import attach, unlink
+
+    a, b = make_name(), make_name()
+    try:
+        registry.create(_spec(a), exist_ok=False)
+        registry.create(_spec(b, capacity=2, kind="growing"), exist_ok=False)
+        mine = attach(a)
+        handle = mine.allocate(b"x")
+        mine.get(handle)
+        stats = mine.statistics()
+        clients = [{"pid": c.pid, "state": c.state, "alive": c.alive} for c in mine.clients()]
+        expected = {**stats.to_dict(), "hit_rate": stats.hit_rate(), "utilization_rate": stats.utilization_rate(),
+                    "peak_utilization_rate": stats.peak_utilization_rate(), "clients": clients,
+                    "recovered_by_daemon": 0, "last_recovery": None}
+        assert expected["utilization_rate"] == 25.0 and len(clients) == 2
+        assert registry.stats(a) == expected
+        assert registry.stats_all() == {a: expected, b: registry.stats(b)}
+        assert registry.stats(b)["capacity"] == 2
+        samples = registry.sample()
+        assert [(s.name, s.kind, s.stats, len(s.clients)) for s in samples] == [
+            (a, "fixed", stats, 2), (b, "growing", attach_stats(b), 1)]
+        assert samples[0].clients == tuple(mine.clients())
+        mine.release(handle)
+        mine.close()
+    finally:
+        registry.close()
+        unlink(a)
+        unlink(b)
+
+
+def attach_stats(name):
+    from fastalloc_shm import attach
+
+    pool = attach(name)
+    try:
+        return pool.statistics()
+    finally:
+        pool.close()
+
+
+def test_recover_counts_only_repairs_and_passes_the_orphan_policy(registry, make_name):
+    """Kills registry.py's recover, try_recover, _count and recover_all mutants: a repair is counted with its
+    report, a recover that repairs nothing is not, the orphan policy reaches the pool, a busy pool is left
+    for a later pass."""
+    from fastalloc_shm import unlink
+
+    a, b, t = make_name(), make_name(), make_name()
+    try:
+        registry.create(_spec(a), exist_ok=False)
+        registry.create(_spec(b), exist_ok=False)
+        _die_holding_a_slot(a)
+        kept = registry.recover(a)  # the pool's own policy: keep
+        assert (kept.orphans_kept, kept.repaired) == (1, False)
+        assert registry.stats(a)["recovered_by_daemon"] == 0 and registry.stats(a)["last_recovery"] is None
+        report = registry.recover(a, "reclaim")
+        assert (report.orphans_reclaimed, report.repaired) == (1, True)
+        assert registry.stats(a)["recovered_by_daemon"] == 1
+        assert registry.stats(a)["last_recovery"] == report.to_dict()
+        _die_holding_a_slot(a)
+        _die_holding_a_slot(b)
+        reports = registry.recover_all("reclaim")
+        assert [(r.pool, r.orphans_reclaimed) for r in reports] == [(a, 1), (b, 1)]
+        assert [registry.stats(n)["recovered_by_daemon"] for n in (a, b)] == [2, 1]
+        _die_holding_a_slot(b)
+        with registry._pools[b].busy:
+            assert registry.try_recover(b, 0.05) is None  # busy: left for a later pass
+        report = registry.try_recover(b, 5.0)
+        assert (report.orphans_kept, report.repaired) == (1, False)  # the pool's own policy, keep: not counted
+        assert registry.stats(b)["recovered_by_daemon"] == 1
+        registry.create(_spec(t, kind="threadlocal"), exist_ok=False)
+        _die_with_cached_slots(t)
+        report = registry.try_recover(t, 5.0)
+        assert report.cached_returned > 0 and report.repaired
+        assert registry.stats(t)["recovered_by_daemon"] == 1 and registry.stats(t)["last_recovery"] == report.to_dict()
+    finally:
+        registry.close()
+        for name in (a, b, t):
+            unlink(name)
+
+
+def test_stop_unlinks_only_the_owned_pools_it_still_holds(registry, make_name, sleeper, caplog):
+    """Kills registry.py's close and _forget_replaced mutants (and sample's letting go): stop unlinks an owned
+    pool, keeps a persistent one and a watched one, and never unlinks a pool created again under an owned
+    pool's name; sample() lets go of a pool unlinked behind the daemon's back and closes it."""
+    from fastalloc_shm import FixedPool, unlink
+    from fastalloc_shm._admin import list_pools
+
+    owned, kept, watched, replaced = make_name(), make_name(), make_name(), make_name()
+    try:
+        registry.create(_spec(owned), exist_ok=False)
+        registry.create(_spec(kept, persist=True), exist_ok=False)
+        registry.create(_spec(replaced), exist_ok=False)
+        FixedPool.create(watched, capacity=4, slot_size=64).close()
+        registry.register(sleeper.pid, [watched])
+        old = registry._pools[replaced].pool
+        unlink(replaced)
+        FixedPool.create(replaced, capacity=4, slot_size=64).close()  # a successor under the name
+        caplog.clear()
+        assert [s.name for s in registry.sample()] == sorted([owned, kept, watched])
+        assert old._closed
+        assert _logged(caplog) == [("WARNING", f"pool {replaced!r} was unlinked by another process; "
+                                               "the daemon lets go of it")]
+        caplog.clear()
+        registry.close()
+        assert registry.names() == []
+        left = set(list_pools())
+        assert owned not in left and {kept, watched, replaced} <= left
+        assert sorted(_logged(caplog)) == sorted([("INFO", f"pool {owned!r} unlinked"),
+                                                  ("INFO", f"pool {kept!r} persists (persist = true)")])
+    finally:
+        registry.close()
+        for name in (owned, kept, watched, replaced):
+            unlink(name)
