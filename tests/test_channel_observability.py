@@ -283,6 +283,34 @@ def test_metrics_have_a_series_per_channel_labelled_pool_and_channel(start_daemo
     assert found[("fastalloc_channel_waiting_consumers", labels)] == 0
 
 
+def test_the_daemon_uncounts_a_consumer_killed_while_waiting(start_daemon, pool_name):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    daemon = start_daemon(daemon_tests.pools_toml((pool_name, "capacity = 10\n")), "--metrics-port", "0")
+    url = daemon.client.ping()["metrics"]
+    pool = attach(pool_name)
+    consumer = None
+    try:
+        pool.channel("todo")
+        consumer = blocked_consumer(pool_name)
+        labels = {"channel": "todo", "pool": pool_name}
+
+        def waiting():
+            return next((s.value for family in text_string_to_metric_families(scrape(url)) for s in family.samples
+                         if s.name == "fastalloc_channel_waiting_consumers" and s.labels == labels), None)
+
+        wait_for(lambda: waiting() == 1, "the metrics to show the waiting consumer")
+        consumer.kill()
+        consumer.wait()
+        wait_for(lambda: waiting() == 0, "the daemon's repair to uncount the dead consumer")
+        assert counters(pool).waiting == 0
+    finally:
+        if consumer is not None:
+            consumer.kill()
+            consumer.wait()
+        pool.close()
+
+
 @requirements.needs_tool("promtool")
 def test_metrics_with_channels_pass_promtool(start_daemon, pool_name):
     daemon = start_daemon(daemon_tests.pools_toml((pool_name, "capacity = 10\n")), "--metrics-port", "0")
