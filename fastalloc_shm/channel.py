@@ -105,7 +105,8 @@ class Channel:
         return self._core().channel_get_handle(self._number, timeout)
 
     def statistics(self) -> dict[str, Any]:
-        """The channel's counters: name, length, puts, gets, requeued, waiting consumers."""
+        """The channel's name and counters (length, puts, gets, requeued, waiting), as a dict; the
+        same counters as `pool.statistics().channels[name]`, a ChannelStatistics, where each is described."""
         return self._core().channel_stats(self._number)
 
     # -- asyncio ------------------------------------------------------------------------------
