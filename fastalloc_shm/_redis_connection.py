@@ -14,11 +14,20 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import threading
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 from urllib.parse import quote, unquote, unquote_plus, urlsplit, urlunsplit
 
-from ._redis_errors import EXTRA_HINT, RedisNotInstalled, RedisOutOfMemory, RedisUnavailable, ScriptError
+from ._redis_errors import (
+    EXTRA_HINT,
+    RedisNotInstalled,
+    RedisOutOfMemory,
+    RedisResharding,
+    RedisUnavailable,
+    ScriptError,
+)
 from ._redis_scripts import Script
 from .errors import ConfigError, FastallocError
 
@@ -26,6 +35,7 @@ try:
     import redis
     from redis.backoff import NoBackoff
     from redis.cluster import RedisCluster
+    from redis.crc import key_slot
     from redis.exceptions import (
         AuthenticationError,
         ClusterDownError,
@@ -49,6 +59,11 @@ SOCKET_TIMEOUT = 5.0
 # A query option whose name (percent-decoded, as redis-py reads it: `?pass%77ord=` is a password)
 # says credential: password, username, ssl_password, a token, ... Matched anywhere in the name.
 _SECRET_NAME = re.compile(r"pass|user|token|secret|auth|cred|key_?phrase", re.IGNORECASE)
+# A call that failed before its reply came is sent again, the same request id and all (the
+# scripts make that safe, see _redis_scripts._ONCE), until it has taken its timeout plus the
+# connect timeout. Waits between tries double from the first to the last (seconds); a
+# redirection (MOVED, ASK) or a script to load is followed at once.
+_FIRST_PAUSE, _LAST_PAUSE = 0.01, 0.2
 URL_ENV = "FASTALLOC_REDIS_URL"
 AUTH_ENV = "REDISCLI_AUTH"
 _SCHEMES = ("redis://", "rediss://", "unix://")
@@ -192,6 +207,14 @@ class Connection:
             options["username"] = username
         if password is not None:
             options["password"] = password
+        self._url = url
+        self._options = options
+        # Scripts on a cluster go to the node serving their keys' slot through a plain client of
+        # ours per node (no cluster client's own retries, on any redis-py version); the cluster
+        # client only knows the slot map. Routes learnt from MOVED replies win over it.
+        self._nodes: dict[str, Any] = {}
+        self._routes: dict[str, str] = {}
+        self._nodes_lock = threading.Lock()
         try:
             # RedisCluster connects here (to read the slot map); Redis on first use.
             self._client = RedisCluster.from_url(url, **options) if cluster else redis.Redis.from_url(url, **options)
@@ -199,15 +222,130 @@ class Connection:
             raise self.unavailable(exc) from None
         except (ValueError, TypeError) as exc:  # redis-py's url parser: its message may quote the url
             raise ConfigError(f"url: redis-py cannot read it ({self._scrub(exc)})") from None
+        # The call's timeout: the socket timeout (a url's ?socket_timeout= wins over ours).
+        if not cluster:
+            self.timeout = float(self._client.connection_pool.connection_kwargs.get("socket_timeout") or SOCKET_TIMEOUT)
+        else:
+            self.timeout = float(_query_seconds(url, "socket_timeout") or SOCKET_TIMEOUT)
 
     def run(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        """EVALSHA `script` (loading it on NOSCRIPT); ScriptError for a pool error reply."""
-        with self._translated():
+        """EVALSHA `script` on the node serving `keys`; ScriptError for a pool error reply.
+
+        Sent again (a script to load, a redirection, a node busy resharding, loading or out
+        of reach) until the call has taken its timeout plus the connect timeout; then
+        RedisResharding or RedisUnavailable naming the node (and the slot). Every script is
+        safe to send again: reads and idempotent steps as they are, the rest by request id.
+        """
+        started = time.monotonic()
+        where = self._route(keys[0]) if self._cluster else self.address
+        client = self._node(where) if self._cluster else self._client
+        try:
+            return client.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+        except (RedisError, OSError) as exc:
+            return self._again(script, keys, args, exc, started, where)
+
+    def _route(self, key: str) -> str:
+        where = self._routes.get(key)
+        if where is None:
             try:
-                return self._client.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
-            except NoScriptError:
-                self._client.script_load(script.source)
-                return self._client.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+                where = self._client.get_node_from_key(key).name
+            except (RedisError, RedisClusterException, OSError) as exc:
+                raise self.unavailable(exc) from None
+            self._routes[key] = where
+        return where
+
+    def _node(self, where: str) -> Any:
+        """Our own client of cluster node `where` ("host:port"), with this library's options."""
+        client = self._nodes.get(where)
+        if client is None:
+            with self._nodes_lock:
+                client = self._nodes.get(where)
+                if client is None:
+                    host, _, port = where.rpartition(":")
+                    parts = urlsplit(self._url)
+                    userinfo, at, _ = parts.netloc.rpartition("@")
+                    netloc = f"{userinfo}@{host}:{port}" if at else f"{host}:{port}"
+                    client = redis.Redis.from_url(_unsplit(parts._replace(netloc=netloc)), **self._options)
+                    self._nodes[where] = client
+        return client
+
+    def _again(self, script: Script, keys: Sequence[str], args: Sequence[Any], exc: BaseException,
+               started: float, where: str) -> Any:
+        """The slow path of `run`: send the call again, each try on a fresh connection whose
+        timeouts are what is left of the call's, until it answers or the time is up."""
+        deadline = started + self.timeout + CONNECT_TIMEOUT
+        command = ("EVALSHA", script.sha, len(keys), *keys, *args)
+        pause, asking = _FIRST_PAUSE, False
+        while True:
+            kind, target = _retry_kind(exc)
+            if kind is None:
+                raise self._final(exc, where) from None
+            wait = 0.0
+            if kind == "moved":
+                where, asking = target, False
+                self._routes[keys[0]] = where
+            elif kind == "ask":
+                asking = True
+            elif kind != "noscript":
+                wait, pause = pause, min(pause * 2, _LAST_PAUSE)
+            # A server that refuses or drops connections is given the connect timeout, not more: one
+            # that is down fails within it, one that restarted or failed over is back within it.
+            until = started + CONNECT_TIMEOUT if kind == "down" and not isinstance(exc, RedisTimeoutError) else deadline
+            left = until - time.monotonic() - wait
+            if left <= 0.001:
+                raise self._gave_up(kind, exc, target if kind == "ask" else where, keys[0], started) from None
+            time.sleep(wait)
+            try:
+                return self._attempt(target if kind == "ask" else where, command, asking, script, left)
+            except (RedisError, OSError) as again:
+                exc = again
+            finally:
+                if kind == "ask":
+                    asking = False
+
+    def _attempt(self, where: str, command: tuple[Any, ...], asking: bool, script: Script, left: float) -> Any:
+        """One try on a connection of its own, its connect and reply timeouts within `left` seconds."""
+        client = self._node(where) if self._cluster else self._client
+        pool = client.connection_pool
+        options = dict(pool.connection_kwargs)
+        options.update(socket_timeout=left, socket_connect_timeout=min(CONNECT_TIMEOUT, left))
+        connection = pool.connection_class(**options)
+        end = time.monotonic() + left
+        try:
+            connection.connect()
+            connection._sock.settimeout(max(0.001, end - time.monotonic()))
+            connection.send_command("SCRIPT", "LOAD", script.source)
+            connection.read_response()
+            if asking:
+                connection.send_command("ASKING")
+                connection.read_response()
+            connection.send_command(*command)
+            return connection.read_response()
+        finally:
+            connection.disconnect()
+
+    def _final(self, exc: BaseException, where: str) -> Exception:
+        if isinstance(exc, ResponseError) and not isinstance(exc, AuthenticationError):
+            error = self._response_error(exc, where)
+            if isinstance(error, ScriptError):
+                error.where = where
+            return error
+        if isinstance(exc, (RedisConnectionError, RedisTimeoutError, RedisClusterException, OSError)):
+            return self.unavailable(exc, where)
+        return FastallocError(f"Redis at {where} failed: {self._scrub(exc)}")
+
+    def _gave_up(self, kind: str, exc: BaseException, where: str, key: str, started: float) -> Exception:
+        spent = time.monotonic() - started
+        if kind in ("moved", "ask", "tryagain") or (kind == "busy" and self._cluster):
+            slot = key_slot(key.encode())
+            return RedisResharding(
+                f"Redis Cluster slot {slot} (key {key!r}) at {where} still answered {self._scrub(exc)!r} after"
+                f" {spent:.1f} s of retries: the slot is being migrated or the cluster is failing over. Retry later,"
+                f" or finish the migration (`redis-cli --cluster fix`)"
+            )
+        if kind == "busy":
+            return RedisUnavailable(f"Redis at {where} is busy ({self._scrub(exc)}) after {spent:.1f} s; retry later")
+        return self.unavailable(exc, where, spent)
 
     def command(self, *args: Any) -> Any:
         """One plain Redis command, with this library's errors."""
@@ -237,24 +375,27 @@ class Connection:
             return [(self.address, reply)]
         return sorted(reply.items())
 
-    def scan(self, pattern: str) -> Iterator[bytes]:
-        """Keys matching `pattern` on every primary (SCAN, so the server never blocks)."""
+    def scan(self, pattern: str, kind: str = "hash") -> Iterator[bytes]:
+        """Keys of type `kind` matching `pattern` on every primary (SCAN, so the server never blocks)."""
         try:
-            yield from self._client.scan_iter(match=pattern, count=1000, _type="hash")
+            yield from self._client.scan_iter(match=pattern, count=1000, _type=kind)
         except (RedisConnectionError, RedisTimeoutError, RedisClusterException, OSError) as exc:
             raise self.unavailable(exc) from None
         except RedisError as exc:
             raise FastallocError(f"Redis at {self.address} failed: {self._scrub(exc)}") from None
 
     def close(self) -> None:
-        """Close the client's sockets; errors while closing do not matter any more."""
-        try:
-            self._client.close()
-        except (RedisError, RedisClusterException, OSError):
-            pass
+        """Close the clients' sockets; errors while closing do not matter any more."""
+        for client in (self._client, *self._nodes.values()):
+            try:
+                client.close()
+            except (RedisError, RedisClusterException, OSError):
+                pass
 
-    def unavailable(self, exc: BaseException) -> RedisUnavailable:
+    def unavailable(self, exc: BaseException, where: str | None = None, spent: float | None = None) -> RedisUnavailable:
         """The error for a server that is down, unreachable, too slow or refusing the login."""
+        where = where or self.address
+        took = "" if spent is None else f" for {spent:.1f} s"
         if isinstance(exc, ClusterDownError):
             hint = "the cluster is down or not all slots are served; check `redis-cli cluster info`"
         elif isinstance(exc, AuthenticationError) or "NOAUTH" in str(exc) or "WRONGPASS" in str(exc):
@@ -262,24 +403,25 @@ class Connection:
                     f" {AUTH_ENV} in the process that unpickles it)")
         else:
             hint = "check that the server is up, reachable from this host, and that the url is right"
-        return RedisUnavailable(f"Redis at {self.address} is unavailable ({self._scrub(exc)}); {hint}")
+        return RedisUnavailable(f"Redis at {where} is unavailable{took} ({self._scrub(exc)}); {hint}")
 
-    def _response_error(self, exc: ResponseError) -> Exception:
+    def _response_error(self, exc: ResponseError, where: str | None = None) -> Exception:
+        where = where or self.address
         message = str(exc)
         if message.startswith("FASTALLOC "):
             _, code, rest = (message + " ").split(" ", 2)
             return ScriptError(code, rest.strip())
         if isinstance(exc, ClusterDownError) or message.startswith(("NOAUTH", "WRONGPASS")):
-            return self.unavailable(exc)
+            return self.unavailable(exc, where)
         if message.startswith("WRONGTYPE"):
             return ScriptError("WRONGTYPE", message)
         if isinstance(exc, OutOfMemoryError) or message.startswith("OOM"):
             return RedisOutOfMemory(
-                f"Redis at {self.address} refused the write for lack of memory (OOM {self._scrub(exc)}): it is at its"
+                f"Redis at {where} refused the write for lack of memory (OOM {self._scrub(exc)}): it is at its"
                 " maxmemory with maxmemory-policy noeviction. Reads still work; release or unlink pools, delete"
                 " other keys, or raise the server's maxmemory"
             )
-        return FastallocError(f"Redis at {self.address} refused the command: {self._scrub(exc)}")
+        return FastallocError(f"Redis at {where} refused the command: {self._scrub(exc)}")
 
     def _scrub(self, exc: BaseException) -> str:
         """The exception's text without the password or user name, in case a layer below quoted them."""
@@ -288,3 +430,43 @@ class Connection:
             if secret:
                 text = text.replace(secret, "***")
         return text
+
+
+def _query_seconds(url: str, name: str) -> float | None:
+    for part in urlsplit(url).query.split("&"):
+        key, _, value = part.partition("=")
+        if unquote_plus(key) == name:
+            try:
+                return float(value)
+            except ValueError:
+                return None
+    return None
+
+
+# Replies that say the call did not run, and what to do about them.
+_REDIRECTIONS = {"MOVED": "moved", "ASK": "ask", "TRYAGAIN": "tryagain", "CLUSTERDOWN": "busy",
+                 "LOADING": "busy", "MASTERDOWN": "busy"}
+_CODE_OF_CLASS = {"MovedError": "MOVED", "AskError": "ASK", "TryAgainError": "TRYAGAIN", "ClusterDownError": "CLUSTERDOWN",
+                  "BusyLoadingError": "LOADING", "MasterDownError": "MASTERDOWN"}
+
+
+def _retry_kind(exc: BaseException) -> tuple[str | None, str]:
+    """("noscript" | "moved" | "ask" | "tryagain" | "busy" | "down" | None, node of a redirection);
+    None: final. redis-py 5 leaves a redirection a ResponseError with the reply's code in its
+    text; later versions raise MovedError etc. with the code stripped: both count."""
+    if isinstance(exc, NoScriptError):
+        return "noscript", ""
+    if isinstance(exc, AuthenticationError):
+        return None, ""
+    text = str(exc)
+    code = _CODE_OF_CLASS.get(type(exc).__name__)
+    if code is None and isinstance(exc, ResponseError):
+        first = text.split(" ", 1)[0]
+        if first in _REDIRECTIONS:
+            code, text = first, text[len(first) + 1:]
+    if code is not None:
+        kind = _REDIRECTIONS[code]
+        return kind, (text.split()[-1] if kind in ("moved", "ask") and text.split() else "")
+    if isinstance(exc, (RedisConnectionError, RedisTimeoutError, OSError)):
+        return "down", ""
+    return None, ""

@@ -30,6 +30,11 @@ class RedisUnavailable(FastallocError, ConnectionError):
     """The Redis server (or cluster) is down, unreachable, slow past the timeout, or refused the login."""
 
 
+class RedisResharding(RedisUnavailable):
+    """A Redis Cluster slot kept redirecting or refusing a call (MOVED, ASK, TRYAGAIN, CLUSTERDOWN) for
+    longer than the call's timeout: a migration or failover is under way; the message names slot and node."""
+
+
 class RedisOutOfMemory(FastallocError):
     """The Redis server refused a write because it is at its `maxmemory` (an `OOM` reply); reads still work."""
 
@@ -46,10 +51,13 @@ class ScriptError(Exception):
         self.code = code
         self.rest = rest
         self.fields = rest.split()
+        # The node that replied (host:port), when the connection knows it better than its url does.
+        self.where: str | None = None
 
 
 def pool_error(name: str, where: str, exc: ScriptError) -> FastallocError:
-    """The public exception for a script's `FASTALLOC <CODE>` reply."""
+    """The public exception for a script's `FASTALLOC <CODE>` reply, naming the node that gave it."""
+    where = exc.where or where
     code, fields = exc.code, exc.fields
     if code == "STALE":
         index, generation, current = (int(f) for f in fields)

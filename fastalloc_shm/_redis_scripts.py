@@ -57,6 +57,11 @@ def pool_keys(name: str) -> list[str]:
     return [f"{tag}:{part}" for part in ("meta", "free", "gen", "owner", "data", "owned", "clients")]
 
 
+def record_prefix(name: str) -> str:
+    """The start of the request-record keys of pool `name` (one per client thread, see _ONCE)."""
+    return f"{TAG_PREFIX}{name}}}:req:"
+
+
 def lease_key(name: str, client: int | str) -> str:
     """The key whose presence says client `client` of pool `name` is alive."""
     return f"{TAG_PREFIX}{name}}}:lease:{client}"
@@ -75,6 +80,8 @@ class Script:
 
     name: str
     source: str
+    # Takes a record key (last of KEYS) and a request id (last of ARGV): see _ONCE.
+    once: bool = False
     sha: str = field(init=False)
 
     def __post_init__(self) -> None:
@@ -184,9 +191,36 @@ end
     "@INDEX_LIMIT@", str(INDEX_LIMIT)
 )
 
+# A mutating script's last key is its caller's record key (a "lane": one per client thread) and
+# its last argument the request id, "<record ttl ms>/<sequence>". Before acting, the script looks
+# for a record of that request: if the call already ran (its reply was lost to a timeout, a dropped
+# connection, a failover of the client's socket), it returns the recorded reply and changes
+# nothing. Otherwise it acts and records its reply for the ttl, so a retry with the same id is
+# answered from the record: every call takes effect once however often it is sent.
+# Refusals (error replies) are not recorded: they change nothing a retry could repeat.
+_ONCE = """
+local RECORD, REQUEST = KEYS[#KEYS], ARGV[#ARGV]
+local record = redis.call('GET', RECORD)
+if record then
+  local r = cmsgpack.unpack(record)
+  if r[1] == REQUEST then return r[2] end
+end
+local reply = body()
+if type(reply) == 'table' and reply['err'] then return reply end
+redis.call('SET', RECORD, cmsgpack.pack({REQUEST, reply, '@KIND@'}), 'PX', tonumber(string.match(REQUEST, '^(%d+)/')))
+return reply
+"""
+
+
+def _once(name: str, flags: str, body: str) -> Script:
+    """A mutating script that runs once per request id (see _ONCE)."""
+    return Script(name, _lua(flags) + _PRELUDE + "local function body()\n" + body + "end\n"
+                  + _ONCE.replace("@KIND@", name), once=True)
+
+
 # ARGV: new incarnation, config (msgpack), capacity, slot_size, max_capacity (-1: none), growth kind,
 # growth value.
-CREATE = Script("create", _lua() + _PRELUDE + """
+CREATE = _once("create", "", """
 local kind = redis.call('TYPE', META)['ok']
 if kind ~= 'none' then
   if kind ~= 'hash' then return fail('FOREIGN', META, kind) end
@@ -249,7 +283,7 @@ return 1
 # (-1: none), that amount, then n payloads (none: acquire, which returns the
 # slots' previous payloads instead of writing new ones).
 # Returns {capacity, index1, generation1, ...[, previous payloads...]}.
-ALLOCATE = Script("allocate", _lua() + _PRELUDE + """
+ALLOCATE = _once("allocate", "", """
 local client, n = ARGV[2], tonumber(ARGV[3])
 local grow_from, grow_by = tonumber(ARGV[4]), tonumber(ARGV[5])
 local m = redis.call('HMGET', META, 'layout', 'incarnation', 'capacity', 'hwm', 'max_capacity', 'growth',
@@ -309,7 +343,7 @@ for k = 1, n do
 end
 batched('HSET', OWNER, owner_args, 2 * CHUNK)
 redis.call('HINCRBY', OWNED, client, n)
-if #ARGV > 5 then
+if #ARGV > 6 then
   local data_args = {}
   for k = 1, n do data_args[2 * k - 1], data_args[2 * k] = idx[k], ARGV[5 + k] end
   batched('HSET', DATA, data_args, 2 * CHUNK)
@@ -325,11 +359,11 @@ return reply
 
 # ARGV[2...]: index1, generation1, index2, generation2, ... All are checked before
 # any is freed: one bad handle releases nothing. Returns the count released.
-RELEASE = Script("release", _lua(ALLOW_OOM) + _PRELUDE + """
+RELEASE = _once("release", ALLOW_OOM, """
 local m = redis.call('HMGET', META, 'layout', 'incarnation', 'capacity', 'in_use', 'total_deallocations')
 local bad = not_a_pool(m[1], m[2])
 if bad then return bad end
-local cap, n, idx = tonumber(m[3]), (#ARGV - 1) / 2, {}
+local cap, n, idx = tonumber(m[3]), (#ARGV - 2) / 2, {}
 for k = 1, n do
   idx[k] = ARGV[2 * k]
   if tonumber(idx[k]) >= cap then return fail('INVALID', idx[k], ARGV[2 * k + 1], cap) end
@@ -361,7 +395,7 @@ return payload
 """)
 
 # ARGV[2...]: index, generation, payload.
-SET = Script("set", _lua() + _PRELUDE + """
+SET = _once("set", "", """
 local bad = check_handle(ARGV[2], ARGV[3])
 if bad then return bad end
 redis.call('HSET', DATA, ARGV[2], ARGV[4])
@@ -420,12 +454,12 @@ return reply
 # ARGV[3]: slots freed by the earlier steps; ARGV[4...]: the dead clients, KEYS[8...] their leases
 # (a client whose lease is back, alive after all, is left alone). The last step (next cursor 0)
 # unregisters the dead and counts the recovery. Returns {next cursor, slots freed}.
-RECLAIM = Script("reclaim", _lua(ALLOW_OOM) + _PRELUDE + """
+RECLAIM = _once("reclaim", ALLOW_OOM, """
 local m = redis.call('HMGET', META, 'layout', 'incarnation')
 local bad = not_a_pool(m[1], m[2])
 if bad then return bad end
 local dead, any = {}, false
-for k = 4, #ARGV do
+for k = 4, #ARGV - 1 do
   if redis.call('EXISTS', KEYS[4 + k]) == 0 then
     dead[ARGV[k]] = true
     any = true
@@ -457,7 +491,7 @@ end
 return {scan[1], #idx}
 """)
 
-# KEYS[8...]: the leases of registered clients. ARGV[1]: the incarnation to delete, or ''
+# KEYS[8...]: the leases of registered clients and the request records (see _ONCE). ARGV[1]: the incarnation to delete, or ''
 # for whichever exists. Returns 1 if the pool was deleted.
 UNLINK = Script("unlink", _lua(ALLOW_OOM) + _PRELUDE + """
 local kind = redis.call('TYPE', META)['ok']
@@ -480,4 +514,39 @@ for first = 1, #KEYS, CHUNK do
   redis.call('UNLINK', unpack(KEYS, first, math.min(first + CHUNK - 1, #KEYS)))
 end
 return 1
+""")
+
+# KEYS[8]: the record key of an abandoned request; ARGV[2]: its id. A call whose reply never
+# came gave up (RedisUnavailable): if the script ran, it recorded its reply under the request
+# id; an allocation's slots, still owned by this live client whose caller holds no handle, are
+# freed here. Deletes the record. Returns the count freed.
+ABANDON = Script("abandon", _lua(ALLOW_OOM) + _PRELUDE + """
+local m = redis.call('HMGET', META, 'layout', 'incarnation')
+if not_a_pool(m[1], m[2]) then return 0 end
+local record = redis.call('GET', KEYS[8])
+if not record then return 0 end
+local r = cmsgpack.unpack(record)
+if r[1] ~= ARGV[2] then return 0 end
+redis.call('DEL', KEYS[8])
+if r[3] ~= 'allocate' then return 0 end
+local reply, idx, gens, per_owner = r[2], {}, {}, {}
+-- {capacity, index, generation, ...}, then (acquire) the previous payloads: strings, not numbers.
+local k = 2
+while type(reply[k]) == 'number' and type(reply[k + 1]) == 'number' do
+  local i, g = reply[k], reply[k + 1]
+  k = k + 2
+  local owner = redis.call('HGET', OWNER, i)
+  if owner and (tonumber(redis.call('HGET', GEN, i)) or 1) == g then
+    idx[#idx + 1], gens[#gens + 1] = i, g
+    per_owner[owner] = (per_owner[owner] or 0) + 1
+  end
+end
+if #idx == 0 then return 0 end
+free_slots(idx, gens)
+redis.call('HINCRBY', META, 'in_use', -#idx)
+redis.call('HINCRBY', META, 'total_deallocations', #idx)
+for owner, count in pairs(per_owner) do
+  if redis.call('HINCRBY', OWNED, owner, -count) <= 0 then redis.call('HDEL', OWNED, owner) end
+end
+return #idx
 """)

@@ -29,6 +29,7 @@ redis-py is an optional extra: this module imports without it, and
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import math
 import os
@@ -47,12 +48,14 @@ from ._redis_connection import AUTH_ENV, URL_ENV, Connection, mask_url, public_u
 from ._redis_errors import (
     RedisNotInstalled,
     RedisOutOfMemory,
+    RedisResharding,
     RedisUnavailable,
     ScriptError,
     SharedMemoryOnly,
     pool_error,
 )
 from ._redis_scripts import (
+    ABANDON,
     ALLOCATE,
     CREATE,
     DESCRIBE,
@@ -75,6 +78,7 @@ from ._redis_scripts import (
     lease_key,
     pool_keys,
     pool_of_meta_key,
+    record_prefix,
 )
 from .config import ORPHAN_POLICIES, PoolConfig
 from .errors import (
@@ -96,6 +100,7 @@ __all__ = [
     "unlink_pool",
     "RedisNotInstalled",
     "RedisUnavailable",
+    "RedisResharding",
     "RedisOutOfMemory",
     "SharedMemoryOnly",
 ]
@@ -103,6 +108,9 @@ __all__ = [
 DEFAULT_LEASE_TTL = 10.0
 # Script flags (no-writes, allow-oom) and RPOP with a count need it.
 MIN_REDIS_VERSION = (7, 0)
+# A call's reply is recorded under its request id for this long at least (a lease period if longer),
+# so that a retry, or the settling of a call given up on, finds it (see _redis_scripts._ONCE).
+MIN_RECORD_TTL = 60.0
 # The lease is refreshed every ttl/3; a shorter ttl would keep a thread busy
 # and expire on any scheduling hiccup.
 MIN_LEASE_TTL = 0.1
@@ -183,6 +191,9 @@ class RedisPool(Pool):
         self._allow_eviction = allow_eviction
         self._reset_unimportable = reset_unimportable
         self._register_lock = threading.Lock()
+        self._record_ms = round(1000 * max(lease_ttl, MIN_RECORD_TTL))
+        self._requests = itertools.count(1)
+        self._new_lanes()
         self._closed = False
         _open_pools.add(self)
 
@@ -234,9 +245,10 @@ class RedisPool(Pool):
             max_capacity = -1 if config.max_capacity is None else min(config.max_capacity, INDEX_LIMIT)
             incarnation = secrets.token_hex(8)
             args = (incarnation, _pack_record(config.to_record()), config.capacity, config.slot_size, max_capacity,
-                    strategy.kind, repr(float(strategy.value)))
+                    strategy.kind, repr(float(strategy.value)), f"{round(1000 * MIN_RECORD_TTL)}/1")
             try:
-                created = conn.run(CREATE, pool_keys(name), args) == b"CREATED"
+                record = record_prefix(name) + "create:" + incarnation
+                created = conn.run(CREATE, [*pool_keys(name), record], args) == b"CREATED"
             except ScriptError as exc:
                 raise pool_error(name, conn.address, exc) from None
             if created:
@@ -328,12 +340,12 @@ class RedisPool(Pool):
         """Replace the value in the handle's slot."""
         self._check_open()
         index, generation = unpack(handle)
-        self._run(SET, (index, generation, self._pack(value)))
+        self._once(SET, [index, generation, self._pack(value)])
 
     def release(self, handle: int) -> None:
         """Return the slot to the free list; `handle` is stale from now on (a second release raises)."""
         self._check_open()
-        self._run(RELEASE, unpack(handle))
+        self._once(RELEASE, [*unpack(handle)])
 
     def release_many(self, handles: Iterable[int]) -> None:
         """Release every handle, in one round trip; if any is stale or invalid, none is released."""
@@ -342,7 +354,7 @@ class RedisPool(Pool):
         for handle in handles:
             args.extend(unpack(handle))
         if args:
-            self._run(RELEASE, args)
+            self._once(RELEASE, args)
 
     # -- acquire()'s steps (its policy is Pool.acquire): two round trips, take the slot, then store
 
@@ -417,7 +429,7 @@ class RedisPool(Pool):
             dead_leases = [lease_key(self._name, c) for c in dead_clients]
             cursor: Any = 0
             while True:
-                cursor, freed = self._run(RECLAIM, (cursor, reclaimed, *dead_clients), dead_leases)
+                cursor, freed = self._once(RECLAIM, [cursor, reclaimed, *dead_clients], dead_leases)
                 reclaimed += freed
                 if int(cursor) == 0:
                     break
@@ -506,17 +518,50 @@ class RedisPool(Pool):
     def _allocate(self, count: int, payloads: tuple[bytes, ...] | list[bytes]) -> list[Any]:
         """Run ALLOCATE, answering the script's requests for a custom growth amount."""
         client = self._client_id or self._register()
+        if self._abandoned:
+            _settle(self._conn, self._keys, self._incarnation, self._abandoned)
         grow_from, grow_by = -1, 0
+        lane = self._lane()
+        request = f"{self._record_ms}/{next(self._requests)}"
         while True:
             try:
                 return self._conn.run(
-                    ALLOCATE, self._keys, (self._incarnation, client, count, grow_from, grow_by, *payloads)
+                    ALLOCATE, [*self._keys, lane],
+                    (self._incarnation, client, count, grow_from, grow_by, *payloads, request),
                 )
             except ScriptError as exc:
                 if exc.code != "GROW":
                     raise pool_error(self._name, self._conn.address, exc) from None
                 grow_from = int(exc.fields[0])
                 grow_by = self._custom_growth(grow_from)
+            except RedisUnavailable:
+                # The script may have run, its reply lost: the slots would be this live client's with
+                # no handle held. The lane is left to the record; the next call, or the lease thread,
+                # frees them (ABANDON), and a new lane serves this thread from now on.
+                self._abandoned.append((lane, request))
+                self._lanes.key = None
+                raise
+
+    def _lane(self) -> str:
+        """This thread's record key (see _redis_scripts._ONCE): a thread's calls come one at a time."""
+        lane = getattr(self._lanes, "key", None)
+        if lane is None:
+            lane = self._lanes.key = f"{self._lane_prefix}{next(self._lane_ids)}"
+        return lane
+
+    def _new_lanes(self) -> None:
+        self._lane_prefix = f"{record_prefix(self._name)}{secrets.token_hex(6)}:"
+        self._lanes = threading.local()
+        self._lane_ids = itertools.count(1)
+        self._abandoned: list[tuple[str, str]] = []
+
+    def _once(self, script: Script, args: list[Any], extra_keys: list[str] | None = None) -> Any:
+        """Run a mutating script under a request id (a retry is answered from its record)."""
+        keys = [*self._keys, *(extra_keys or ()), self._lane()]
+        try:
+            return self._conn.run(script, keys, (self._incarnation, *args, f"{self._record_ms}/{next(self._requests)}"))
+        except ScriptError as exc:
+            raise pool_error(self._name, self._conn.address, exc) from None
 
     def _run(self, script: Script, args: Iterable[Any], extra_keys: list[str] | None = None) -> Any:
         keys = self._keys if extra_keys is None else [*self._keys, *extra_keys]
@@ -567,14 +612,14 @@ class RedisPool(Pool):
                 thread = threading.Thread(
                     target=_keep_lease,
                     args=(self._conn, self._name, keys, (self._incarnation, client, ttl_ms), self._lease_ttl / 3,
-                          stop),
+                          stop, self._abandoned),
                     name=f"fastalloc-lease-{self._name}",
                     daemon=True,
                 )
                 thread.start()
                 # Runs once: at close(), when the pool is garbage, or at interpreter exit (finalize's
                 # atexit), so a process that never calls close() leaves no lease or registry entry.
-                self._farewell = weakref.finalize(self, _farewell, os.getpid(), self._conn, keys,
+                self._farewell = weakref.finalize(self, _farewell, os.getpid(), self._conn, keys, self._abandoned,
                                                   (self._incarnation, client), stop, thread)
                 self._client_id = client
             return self._client_id
@@ -586,6 +631,7 @@ class RedisPool(Pool):
             self._farewell.detach()  # the parent's to say, not this child's
             self._farewell = None
         self._register_lock = threading.Lock()
+        self._new_lanes()  # the parent's records and abandoned calls are the parent's
 
     def _custom_growth(self, capacity: int) -> int:
         if self._config.growth_strategy.fn is None:
@@ -655,7 +701,8 @@ def _unlink(conn: Connection | _ClosedConnection, name: str, incarnation: str) -
     try:
         clients = conn.command("SMEMBERS", keys[6])
         leases = [lease_key(name, client.decode()) for client in clients]
-        return bool(conn.run(UNLINK, [*keys, *leases], (incarnation,)))
+        records = [key.decode() for key in conn.scan(record_prefix(name) + "*", kind="string")]
+        return bool(conn.run(UNLINK, [*keys, *leases, *records], (incarnation,)))
     except ScriptError as exc:
         raise pool_error(name, conn.address, exc) from None
 
@@ -680,7 +727,7 @@ _PRUNE_EVERY = 3
 
 def _keep_lease(
     conn: Connection, name: str, keys: list[str], args: tuple[str, int, int], interval: float,
-    stop: threading.Event,
+    stop: threading.Event, abandoned: list[tuple[str, str]],
 ) -> None:
     """Body of a lease thread: refresh until stopped, or until the pool is gone; about once a lease
     period also drop registry entries of clients whose lease expired and who own nothing (processes
@@ -691,6 +738,8 @@ def _keep_lease(
         try:
             if not conn.run(TOUCH, keys, args):
                 return
+            if abandoned:
+                _settle(conn, keys[:-1], args[0], abandoned)
             refreshes += 1
             if refreshes % _PRUNE_EVERY == 0 and not stop.is_set():
                 _prune(conn, name, keys[:-1], args[0])
@@ -707,8 +756,18 @@ def _prune(conn: Connection, name: str, keys: list[str], incarnation: str) -> No
         conn.run(RECOVER, [*keys, *(lease_key(name, c) for c in clients)], (incarnation, "keep", *clients))
 
 
-def _farewell(pid: int, conn: Connection, keys: list[str], args: tuple[str, int], stop: threading.Event,
-              thread: threading.Thread) -> None:
+def _settle(conn: Connection, keys: list[str], incarnation: str, abandoned: list[tuple[str, str]]) -> None:
+    """Free the slots of allocations given up on (RedisUnavailable) whose script ran all the same:
+    nobody holds their handles. Kept for later while the server cannot be reached."""
+    for lane, request in list(abandoned):
+        with contextlib.suppress(ScriptError):  # the pool is gone: nothing left to free
+            conn.run(ABANDON, [*keys, lane], (incarnation, request))
+        with contextlib.suppress(ValueError):  # another thread settled it meanwhile
+            abandoned.remove((lane, request))
+
+
+def _farewell(pid: int, conn: Connection, keys: list[str], abandoned: list[tuple[str, str]], args: tuple[str, int],
+              stop: threading.Event, thread: threading.Thread) -> None:
     """A client leaves: stop its lease thread, delete its lease and (if it owns no slot: one that does
     stays registered, so recover() can act on its slots) its registry entry. Only in the process that
     registered it: a forked child inherits the finalizer, not the client."""
@@ -718,6 +777,8 @@ def _farewell(pid: int, conn: Connection, keys: list[str], args: tuple[str, int]
     if thread is not threading.current_thread():
         thread.join(timeout=1.0)
     with contextlib.suppress(ScriptError, FastallocError):
+        if abandoned:
+            _settle(conn, keys[:-1], args[0], abandoned)
         conn.run(GOODBYE, keys, args)
 
 

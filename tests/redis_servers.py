@@ -15,6 +15,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -169,3 +170,81 @@ def _cluster_ok(cli: str, port: int) -> bool:
     info = subprocess.run([cli, "-h", HOST, "-p", str(port), "cluster", "info"],
                           capture_output=True, text=True, timeout=10).stdout
     return "cluster_state:ok" in info and "cluster_slots_ok:16384" in info
+
+
+class FaultyLink:
+    """A TCP proxy in front of a server, to lose replies in transit on purpose.
+
+    `cut_next_reply()`: the next reply from the server is dropped and that connection closed, as a
+    network cut after the request got through does. `black_hole(True)`: every reply is dropped and
+    the connections kept open (the client hears nothing until its timeout), until `black_hole(False)`.
+    Requests always reach the server.
+    """
+
+    def __init__(self, port: int) -> None:
+        self.upstream = port
+        self._listener = socket.create_server((HOST, 0))
+        self.port = self._listener.getsockname()[1]
+        self._cut = threading.Event()
+        self._hole = threading.Event()
+        self._stopped = threading.Event()
+        self._sockets: list[socket.socket] = []
+        self._threads = [threading.Thread(target=self._accept, daemon=True)]
+        self._threads[0].start()
+
+    def url(self, query: str = "") -> str:
+        return f"redis://{HOST}:{self.port}/0{query}"
+
+    def cut_next_reply(self) -> None:
+        self._cut.set()
+
+    def black_hole(self, on: bool) -> None:
+        (self._hole.set if on else self._hole.clear)()
+
+    def close(self) -> None:
+        self._stopped.set()
+        self._listener.close()
+        for sock in list(self._sockets):
+            with contextlib.suppress(OSError):
+                sock.close()
+
+    def _accept(self) -> None:
+        while not self._stopped.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection((HOST, self.upstream))
+            self._sockets += [client, server]
+            for source, sink, replies in ((client, server, False), (server, client, True)):
+                threading.Thread(target=self._pump, args=(source, sink, replies), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket, replies: bool) -> None:
+        try:
+            while True:
+                data = source.recv(65536)
+                if not data:
+                    break
+                if replies and self._hole.is_set():
+                    continue
+                if replies and self._cut.is_set():
+                    self._cut.clear()
+                    break
+                sink.sendall(data)
+        except OSError:
+            pass
+        for sock in (source, sink):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            with contextlib.suppress(OSError):
+                sock.close()
+
+
+@contextlib.contextmanager
+def faulty_link(server: RedisServer) -> Iterator[FaultyLink]:
+    """A FaultyLink to `server`, closed on exit."""
+    link = FaultyLink(server.port)
+    try:
+        yield link
+    finally:
+        link.close()
