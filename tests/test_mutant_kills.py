@@ -586,6 +586,79 @@ def test_a_custom_strategy_is_named_in_its_errors_and_may_add_nothing(pool_name)
         assert str(raised.value) == f"growth_strategy: custom function returned {got}; it must return an int >= 0"
 
 
+# ---- mutmut: fastalloc_shm/_growth.py ----
+
+
+def _grow_by_one(capacity):
+    return 1
+
+
+@needs_root("to give a growing pool's segment to another uid")
+def test_a_custom_growth_function_runs_only_while_the_pools_owner_is_trusted(make_name):
+    """Kills _growth.py's _add_extent 4-9 (the owner check before a custom growth function runs: skipped,
+    made for the built-in strategies instead, or under another field's name): a pool whose segment
+    passes to an untrusted uid after attach no longer calls its custom function, and says why; a built-in
+    strategy calls nothing, so it still grows."""
+    from fastalloc_shm import FastallocError, GrowingPool, GrowthStrategy, _segment
+
+    custom, linear = make_name(), make_name()
+    with GrowingPool.create(custom, capacity=1, max_capacity=8, growth_strategy=GrowthStrategy.custom(_grow_by_one)) as pool:
+        pool.allocate("one")
+        pool.allocate("two")  # grown by one slot: the owner, this uid, is trusted
+        assert pool.capacity == 2
+        os.chown(_segment.segment_path(f"/fastalloc.{custom}"), 4242424, -1)
+        with pytest.raises(FastallocError) as raised:
+            pool.allocate("three")
+        assert str(raised.value).startswith("growth_strategy: not imported or called, the pool's owner is not trusted: ")
+        assert pool.capacity == 2
+    with GrowingPool.create(linear, capacity=1, max_capacity=4, growth_strategy=GrowthStrategy.linear(1)) as pool:
+        os.chown(_segment.segment_path(f"/fastalloc.{linear}"), 4242424, -1)
+        pool.allocate("one")
+        pool.allocate("two")
+        assert pool.capacity == 2
+
+
+def test_the_fork_hook_closes_the_growth_fds_of_the_other_threads_only(pool_name):
+    """Kills _growth.py's _after_fork_in_child 1-4 (mutmut sees no test reach it: it runs in forked
+    children). The hook is run here as in a child forked by this thread while another thread grows:
+    the other thread's growth fd is closed and forgotten, this thread's is kept."""
+    import threading
+
+    from fastalloc_shm import GrowingPool, _growth, _segment
+
+    with GrowingPool.create(pool_name, capacity=1, max_capacity=4):
+        path = _segment.segment_path(f"/fastalloc.{pool_name}")
+        opened, done = threading.Event(), threading.Event()
+        theirs = []
+
+        def grow_elsewhere():
+            theirs.append(_growth._open_growth_fd(path))
+            opened.set()
+            done.wait(10)
+
+        thread = threading.Thread(target=grow_elsewhere)
+        thread.start()
+        assert opened.wait(10)
+        mine = _growth._open_growth_fd(path)
+        try:
+            _growth._before_fork()
+            try:
+                _growth._after_fork_in_child()
+            finally:
+                if _growth._in_flight_lock.locked():  # a hook that raised left it held
+                    _growth._in_flight_lock.release()
+            assert set(_growth._in_flight) == {mine}
+            os.fstat(mine)  # still open
+            with pytest.raises(OSError):
+                os.fstat(theirs[0])
+        finally:
+            done.set()
+            thread.join()
+            _growth._in_flight.pop(theirs[0], None)
+            if mine in _growth._in_flight:
+                _growth._close_growth_fd(mine)
+
+
 def test_first_difference_names_both_values():
     """Kills config.py's PoolConfig first_difference 4 (the other config's value read under None)."""
     from fastalloc_shm import PoolConfig
