@@ -22,6 +22,7 @@ from urllib.parse import quote, unquote, unquote_plus, urlsplit, urlunsplit
 
 from ._redis_errors import (
     EXTRA_HINT,
+    RedisNotDurable,
     RedisNotInstalled,
     RedisOutOfMemory,
     RedisResharding,
@@ -208,7 +209,12 @@ class Connection:
         if password is not None:
             options["password"] = password
         self._url = url
-        self._options = options
+        # Run before anything else on each new connection, once a pool says what (see greet()).
+        self._greeting: tuple[Script, list[str], tuple[Any, ...]] | None = None
+        # The command that confirms a mutating script's writes (WAIT, WAITAOF), and how many confirm them.
+        self._wait: tuple[Any, ...] | None = None
+        self._wanted = 0
+        self._options = {**options, "redis_connect_func": self._greet}
         # Scripts on a cluster go to the node serving their keys' slot through a plain client of
         # ours per node (no cluster client's own retries, on any redis-py version); the cluster
         # client only knows the slot map. Routes learnt from MOVED replies win over it.
@@ -217,7 +223,7 @@ class Connection:
         self._nodes_lock = threading.Lock()
         try:
             # RedisCluster connects here (to read the slot map); Redis on first use.
-            self._client = RedisCluster.from_url(url, **options) if cluster else redis.Redis.from_url(url, **options)
+            self._client = RedisCluster.from_url(url, **options) if cluster else redis.Redis.from_url(url, **self._options)
         except (RedisError, RedisClusterException, OSError) as exc:
             raise self.unavailable(exc) from None
         except (ValueError, TypeError) as exc:  # redis-py's url parser: its message may quote the url
@@ -239,10 +245,76 @@ class Connection:
         started = time.monotonic()
         where = self._route(keys[0]) if self._cluster else self.address
         client = self._node(where) if self._cluster else self._client
+        if self._wait is not None and script.once:
+            return self._run_durably(client, script, keys, args, started, where)
         try:
             return client.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
         except (RedisError, OSError) as exc:
             return self._again(script, keys, args, exc, started, where)
+
+    def require(self, durability: str | None) -> None:
+        """Confirm every mutating script's writes as `durability` says: "replicas:N" (WAIT N), "aof"
+        (WAITAOF 1 0: fsynced to the primary's AOF), None (no confirmation)."""
+        # The server gives up waiting a little before the socket would: its count is the answer.
+        milliseconds = max(1, round(self.timeout * 800))
+        if durability is None:
+            self._wait, self._wanted = None, 0
+        elif durability == "aof":
+            self._wait, self._wanted = ("WAITAOF", 1, 0, milliseconds), 1
+        else:
+            self._wanted = int(durability.partition(":")[2])
+            self._wait = ("WAIT", self._wanted, milliseconds)
+
+    def _run_durably(self, client: Any, script: Script, keys: Sequence[str], args: Sequence[Any], started: float,
+                     where: str) -> Any:
+        """The script and its confirmation (WAIT/WAITAOF) on one connection: they wait for what it wrote."""
+        pipe = client.pipeline(transaction=False)
+        pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+        pipe.execute_command(*self._wait)
+        try:
+            reply, confirmed = pipe.execute(raise_on_error=False)
+        except (RedisError, OSError) as exc:
+            return self._again(script, keys, args, exc, started, where)
+        if isinstance(reply, Exception):
+            return self._again(script, keys, args, reply, started, where)
+        self._confirm(confirmed, where)
+        return reply
+
+    def _confirm(self, confirmed: Any, where: str) -> None:
+        if isinstance(confirmed, Exception):
+            raise self._final(confirmed, where)
+        count = confirmed[0] if isinstance(confirmed, list) else confirmed
+        if count < self._wanted:
+            what = "its AOF fsync" if self._wait[0] == "WAITAOF" else f"{self._wanted} replicas"
+            raise RedisNotDurable(
+                f"Redis at {where} applied the write but {what} did not confirm it within {self._wait[-1] / 1000:.1f} s"
+                f" ({count} did): a failover may lose it. Check the replicas (INFO replication) or the AOF"
+            )
+
+    def greet(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """Run `script` now, and first thing on every connection made from now on (a reconnect
+        after a restart or failover included): how a pool checks that the server it finds is
+        one that kept its writes. Returns the script's reply."""
+        self._greeting = (script, list(keys), tuple(args))
+        return self.run(script, keys, args)
+
+    def _greet(self, connection: Any) -> None:
+        """redis-py's hook for a new connection: its own setup (login, db), then the greeting."""
+        connection.on_connect()
+        greeting = self._greeting
+        if greeting is None:
+            return
+        script, keys, args = greeting
+        for _ in range(2):
+            connection.send_command("EVALSHA", script.sha, len(keys), *keys, *args)
+            try:
+                connection.read_response()
+                return
+            except NoScriptError:
+                connection.send_command("SCRIPT", "LOAD", script.source)
+                connection.read_response()
+            except ResponseError:
+                return  # a replica, a slot moved away: the call that follows says what it needs to
 
     def _route(self, key: str) -> str:
         where = self._routes.get(key)
@@ -320,7 +392,11 @@ class Connection:
                 connection.send_command("ASKING")
                 connection.read_response()
             connection.send_command(*command)
-            return connection.read_response()
+            reply = connection.read_response()
+            if self._wait is not None and script.once:
+                connection.send_command(*self._wait)
+                self._confirm(connection.read_response(), where)
+            return reply
         finally:
             connection.disconnect()
 

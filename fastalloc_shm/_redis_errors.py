@@ -35,6 +35,11 @@ class RedisResharding(RedisUnavailable):
     longer than the call's timeout: a migration or failover is under way; the message names slot and node."""
 
 
+class RedisNotDurable(RedisUnavailable):
+    """A write the pool's `durability` asks to be confirmed (WAIT replicas, WAITAOF) was not confirmed
+    within the call's timeout; it took effect on the primary, where a failover may still lose it."""
+
+
 class RedisOutOfMemory(FastallocError):
     """The Redis server refused a write because it is at its `maxmemory` (an `OOM` reply); reads still work."""
 
@@ -70,6 +75,14 @@ def pool_error(name: str, where: str, exc: ScriptError) -> FastallocError:
         return StaleHandle(
             f"handle {handle} of pool {name!r} names slot {index}, which is not allocated (never handed out, or"
             " listed twice in one release_many); use each handle a pool returned until its release, once"
+        )
+    if code == "LOST":
+        index, generation, floor = (int(f) for f in fields)
+        return StaleHandle(
+            f"handle {(generation << INDEX_BITS) | index} of pool {name!r} is stale: the server lost writes it had"
+            " acknowledged (it restarted from an older snapshot or AOF, or failed over to a replica that missed"
+            " them), so the pool moved to a new epoch and every handle issued before is stale; allocate again"
+            " (durability='replicas:N' or an AOF with appendfsync always makes losses rarer)"
         )
     if code == "INVALID":
         index, generation, capacity = (int(f) for f in fields)

@@ -47,6 +47,10 @@ TAG_PREFIX = "{fastalloc."
 META_SUFFIX = "}:meta"
 # The SCAN pattern of every pool's meta key (braces are literal in Redis globs).
 META_PATTERN = TAG_PREFIX + "*" + META_SUFFIX
+# Generations a new epoch leaves between the highest recorded and its first (see NEW_EPOCH):
+# as many releases of one slot as the lost writes may have held. About 2**31 / (2 * margin)
+# epochs fit before generations wrap around.
+EPOCH_MARGIN = 1 << 20
 # Slot indices are unsigned 32-bit (see handle.py): a pool holds at most 2**32 slots.
 INDEX_LIMIT = INDEX_MASK + 1
 
@@ -160,18 +164,29 @@ local function batched(cmd, key, args, step)
   return out
 end
 
-local function next_generation(g)
+-- The generation every slot starts at in the pool's current epoch (see NEW_EPOCH): a slot absent
+-- from GEN has it. 1 until the server first lost writes.
+local function floor_of()
+  return tonumber(redis.call('HGET', META, 'floor')) or 1
+end
+
+local function next_generation(g, floor)
   if g < MAX_GENERATION then return g + 1 end
-  return 1
+  return floor
 end
 
 -- Free `idx` (validated, allocated) whose current generations are `gens`;
 -- the caller updates the counters in META.
 local function free_slots(idx, gens)
-  local gen_args = {}
+  local gen_args, floor = {}, floor_of()
+  local top = tonumber(redis.call('HGET', META, 'max_gen')) or 1
   for k = 1, #idx do
-    gen_args[2 * k - 1], gen_args[2 * k] = idx[k], next_generation(tonumber(gens[k]) or 1)
+    local g = next_generation(tonumber(gens[k]) or floor, floor)
+    gen_args[2 * k - 1], gen_args[2 * k] = idx[k], g
+    if g > top then top = g end
   end
+  -- The highest generation ever given: a new epoch starts above it.
+  redis.call('HSET', META, 'max_gen', top)
   batched('HSET', GEN, gen_args, 2 * CHUNK)
   batched('HDEL', OWNER, idx, CHUNK)
   batched('RPUSH', FREE, idx, CHUNK)
@@ -183,7 +198,9 @@ local function check_handle(i, g)
   local bad = not_a_pool(m[1], m[2])
   if bad then return bad end
   if tonumber(i) >= tonumber(m[3]) then return fail('INVALID', i, g, m[3]) end
-  local cur = tonumber(redis.call('HGET', GEN, i)) or 1
+  local floor = floor_of()
+  if tonumber(g) < floor then return fail('LOST', i, g, floor) end
+  local cur = tonumber(redis.call('HGET', GEN, i)) or floor
   if cur ~= tonumber(g) or redis.call('HEXISTS', OWNER, i) == 0 then return fail('STALE', i, g, cur) end
   return nil
 end
@@ -335,11 +352,11 @@ for k = #idx + 1, n do
   idx[k] = hwm
   hwm = hwm + 1
 end
-local gens = batched('HMGET', GEN, idx, CHUNK)
+local gens, floor = batched('HMGET', GEN, idx, CHUNK), floor_of()
 local owner_args, reply = {}, {cap}
 for k = 1, n do
   owner_args[2 * k - 1], owner_args[2 * k] = idx[k], client
-  reply[2 * k], reply[2 * k + 1] = tonumber(idx[k]), tonumber(gens[k]) or 1
+  reply[2 * k], reply[2 * k + 1] = tonumber(idx[k]), tonumber(gens[k]) or floor
 end
 batched('HSET', OWNER, owner_args, 2 * CHUNK)
 redis.call('HINCRBY', OWNED, client, n)
@@ -370,9 +387,10 @@ for k = 1, n do
 end
 local gens = batched('HMGET', GEN, idx, CHUNK)
 local owners = batched('HMGET', OWNER, idx, CHUNK)
-local seen, per_owner = {}, {}
+local seen, per_owner, floor = {}, {}, floor_of()
 for k = 1, n do
-  local i, g, cur = idx[k], tonumber(ARGV[2 * k + 1]), tonumber(gens[k]) or 1
+  local i, g, cur = idx[k], tonumber(ARGV[2 * k + 1]), tonumber(gens[k]) or floor
+  if g < floor then return fail('LOST', i, g, floor) end
   if g ~= cur or not owners[k] or seen[i] then return fail('STALE', i, g, cur) end
   seen[i] = true
   per_owner[owners[k]] = (per_owner[owners[k]] or 0) + 1
@@ -529,14 +547,14 @@ local r = cmsgpack.unpack(record)
 if r[1] ~= ARGV[2] then return 0 end
 redis.call('DEL', KEYS[8])
 if r[3] ~= 'allocate' then return 0 end
-local reply, idx, gens, per_owner = r[2], {}, {}, {}
+local reply, idx, gens, per_owner, floor = r[2], {}, {}, {}, floor_of()
 -- {capacity, index, generation, ...}, then (acquire) the previous payloads: strings, not numbers.
 local k = 2
 while type(reply[k]) == 'number' and type(reply[k + 1]) == 'number' do
   local i, g = reply[k], reply[k + 1]
   k = k + 2
   local owner = redis.call('HGET', OWNER, i)
-  if owner and (tonumber(redis.call('HGET', GEN, i)) or 1) == g then
+  if owner and (tonumber(redis.call('HGET', GEN, i)) or floor) == g then
     idx[#idx + 1], gens[#gens + 1] = i, g
     per_owner[owner] = (per_owner[owner] or 0) + 1
   end
@@ -550,3 +568,44 @@ for owner, count in pairs(per_owner) do
 end
 return #idx
 """)
+
+# Run on every new connection of a client before anything else (and on attach): has this
+# server lost writes the pool's last server acknowledged? META records the server (run id,
+# replication id) that last served the pool and when it was seen. A different server means the
+# process restarted (it started after that: its data came from a snapshot or an AOF that may
+# miss acknowledged writes), or a replica took over (its previous replication id is the old
+# server's: it may have missed writes), or the pool's slot moved to another cluster node (which
+# loses nothing: adopted as is). On a loss the pool moves to a new epoch: every slot is free and
+# starts at a generation above any given before (the highest recorded, plus a margin for
+# those the lost writes gave, plus a little randomness against a second loss of the same
+# moment), so each handle from before is stale (LOST) and none from after equals one of them.
+# Returns {epoch, 1 if it began now}.
+NEW_EPOCH = Script("new_epoch", _lua(ALLOW_OOM) + _PRELUDE + """
+local m = redis.call('HMGET', META, 'layout', 'incarnation', 'run', 'replid', 'seen', 'max_gen', 'epoch')
+if not m[1] or m[1] ~= LAYOUT then return {0, 0} end
+local server = redis.call('INFO', 'server')
+local run = string.match(server, 'run_id:(%x+)')
+local epoch = tonumber(m[7]) or 0
+if m[3] == run then return {epoch, 0} end
+local replication = redis.call('INFO', 'replication')
+if string.match(replication, 'role:(%a+)') ~= 'master' then return {epoch, 0} end
+local replid = string.match(replication, 'master_replid:(%x+)')
+local replid2 = string.match(replication, 'master_replid2:(%x+)')
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+-- uptime is whole seconds and read off a cached clock: off by up to a second either way, so a
+-- server started up to 2 s before the pool was last seen counts as restarted (the safe side).
+local started = now - tonumber(string.match(server, 'uptime_in_seconds:(%d+)')) * 1000
+local lost = m[3] ~= false and (started + 2000 > (tonumber(m[5]) or 0) or m[4] == replid2)
+if lost then
+  local margin = @MARGIN@
+  local floor = math.max(floor_of(), tonumber(m[6]) or 1) + margin + tonumber(t[2]) % margin
+  if floor > MAX_GENERATION - 4 * margin then floor = 1 + tonumber(t[2]) % margin end
+  redis.call('UNLINK', FREE, GEN, OWNER, DATA, OWNED)
+  epoch = epoch + 1
+  redis.call('HSET', META, 'floor', floor, 'max_gen', floor, 'epoch', epoch, 'hwm', 0, 'in_use', 0,
+    'lost_at', now)
+end
+redis.call('HSET', META, 'run', run, 'replid', replid, 'seen', now)
+return {epoch, lost and 1 or 0}
+""".replace("@MARGIN@", str(EPOCH_MARGIN)))

@@ -46,6 +46,7 @@ from . import _callables, _codec, _names
 from ._base import Pool, build_config, check_same_config
 from ._redis_connection import AUTH_ENV, URL_ENV, Connection, mask_url, public_url, with_local_credentials
 from ._redis_errors import (
+    RedisNotDurable,
     RedisNotInstalled,
     RedisOutOfMemory,
     RedisResharding,
@@ -65,6 +66,7 @@ from ._redis_scripts import (
     LAYOUT,
     META_PATTERN,
     NEW_CLIENT,
+    NEW_EPOCH,
     RECLAIM,
     RECOVER,
     RELEASE,
@@ -101,6 +103,7 @@ __all__ = [
     "RedisNotInstalled",
     "RedisUnavailable",
     "RedisResharding",
+    "RedisNotDurable",
     "RedisOutOfMemory",
     "SharedMemoryOnly",
 ]
@@ -108,6 +111,8 @@ __all__ = [
 DEFAULT_LEASE_TTL = 10.0
 # Script flags (no-writes, allow-oom) and RPOP with a count need it.
 MIN_REDIS_VERSION = (7, 0)
+# durability="aof" waits with WAITAOF, new in this version.
+WAITAOF_VERSION = (7, 2)
 # A call's reply is recorded under its request id for this long at least (a lease period if longer),
 # so that a retry, or the settling of a call given up on, finds it (see _redis_scripts._ONCE).
 MIN_RECORD_TTL = 60.0
@@ -176,6 +181,7 @@ class RedisPool(Pool):
         creator: bool,
         allow_eviction: bool = False,
         reset_unimportable: bool = False,
+        durability: str | None = None,
     ) -> None:
         """Private: use `RedisPool.create` or `RedisPool.attach`."""
         self._name = name
@@ -189,9 +195,17 @@ class RedisPool(Pool):
         self._incarnation = incarnation
         self._creator = creator
         self._allow_eviction = allow_eviction
+        self._durability = durability
         self._reset_unimportable = reset_unimportable
         self._register_lock = threading.Lock()
         self._record_ms = round(1000 * max(lease_ttl, MIN_RECORD_TTL))
+        conn.require(durability)
+        # Has the server lost acknowledged writes since the pool's last server saw it? Checked now
+        # and first thing on every new connection (see _redis_scripts.NEW_EPOCH).
+        try:
+            conn.greet(NEW_EPOCH, self._keys, (incarnation,))
+        except ScriptError as exc:
+            raise pool_error(name, conn.address, exc) from None
         self._requests = itertools.count(1)
         self._new_lanes()
         self._closed = False
@@ -212,6 +226,7 @@ class RedisPool(Pool):
         config: PoolConfig | None = None,
         exist_ok: bool = False,
         allow_eviction: bool = False,
+        durability: str | None = None,
         username: str | None = None,
         password: str | None = None,
         **overrides: Any,
@@ -228,6 +243,10 @@ class RedisPool(Pool):
         The server must run Redis >= 7.0 with `maxmemory-policy noeviction`
         (an evicting server drops pool keys and live clients' leases
         silently): ConfigError otherwise, unless `allow_eviction=True`.
+        `durability="replicas:N"` returns from a write only once N replicas have it (WAIT),
+        `"aof"` once the primary's AOF has it on disk (WAITAOF, Redis >= 7.2); RedisNotDurable if
+        that is not confirmed within the call's timeout. A server that lost acknowledged writes
+        anyway (restart, failover) is noticed, and handles from before it turn StaleHandle.
         `username`/`password` log in where the url carries none; like the
         url's, they never show in a pickle, repr, log line or error.
 
@@ -235,12 +254,13 @@ class RedisPool(Pool):
         """
         _names.validate(name)
         _check_lease_ttl(lease_ttl)
+        _check_durability(durability)
         config = build_config(capacity, slot_size, config, overrides)
         if config.capacity > INDEX_LIMIT:
             raise ConfigError(f"capacity: {config.capacity} slots is more than a pool can index ({INDEX_LIMIT})")
         conn = Connection(url, cluster, username=username, password=password)
         try:
-            _check_server(conn, allow_eviction)
+            _check_server(conn, allow_eviction, durability)
             strategy = config.growth_strategy
             max_capacity = -1 if config.max_capacity is None else min(config.max_capacity, INDEX_LIMIT)
             incarnation = secrets.token_hex(8)
@@ -253,7 +273,7 @@ class RedisPool(Pool):
                 raise pool_error(name, conn.address, exc) from None
             if created:
                 return cls(name, url, cluster, lease_ttl, config, conn, incarnation, creator=True,
-                           allow_eviction=allow_eviction)
+                           allow_eviction=allow_eviction, durability=durability)
             if not exist_ok:
                 raise PoolExistsError(
                     f"pool {name!r} already exists on Redis at {conn.address}; attach to it with"
@@ -263,7 +283,7 @@ class RedisPool(Pool):
             check_same_config(f"pool {name!r} on Redis at {conn.address}", found, config,
                               "attach to it as it is (RedisPool.attach), or pick another name")
             return cls(name, url, cluster, lease_ttl, found, conn, incarnation, creator=False,
-                       allow_eviction=allow_eviction, reset_unimportable=reset_unimportable)
+                       allow_eviction=allow_eviction, reset_unimportable=reset_unimportable, durability=durability)
         except BaseException:
             conn.close()
             raise
@@ -277,23 +297,26 @@ class RedisPool(Pool):
         cluster: bool = False,
         lease_ttl: float = DEFAULT_LEASE_TTL,
         allow_eviction: bool = False,
+        durability: str | None = None,
         username: str | None = None,
         password: str | None = None,
     ) -> RedisPool:
         """Attach to the existing pool `name` on the server at `url`; PoolNotFound if there is none,
         IncompatiblePool if it is damaged (say, its meta key was evicted). The server is checked as
-        by `create` (Redis >= 7.0, maxmemory-policy noeviction unless `allow_eviction=True`).
+        by `create` (Redis >= 7.0, maxmemory-policy noeviction unless `allow_eviction=True`);
+        `durability` as for `create`.
 
         >>> other = RedisPool.attach("jobs", url="redis://cache:6379/0")  # doctest: +SKIP
         """
         _names.validate(name)
         _check_lease_ttl(lease_ttl)
+        _check_durability(durability)
         conn = Connection(url, cluster, username=username, password=password)
         try:
-            _check_server(conn, allow_eviction)
+            _check_server(conn, allow_eviction, durability)
             config, incarnation, reset_unimportable = _describe(conn, name)
             return cls(name, url, cluster, lease_ttl, config, conn, incarnation, creator=False,
-                       allow_eviction=allow_eviction, reset_unimportable=reset_unimportable)
+                       allow_eviction=allow_eviction, reset_unimportable=reset_unimportable, durability=durability)
         except BaseException:
             conn.close()
             raise
@@ -501,7 +524,7 @@ class RedisPool(Pool):
         # Pickles as "attach by name": the url travels without credentials (a pickle
         # is easily logged, queued or stored); the receiver logs in with its own.
         return _attach_pickled, (self._name, public_url(self._url), self._cluster, self._lease_ttl,
-                                 self._allow_eviction)
+                                 self._allow_eviction, self._durability)
 
     def __repr__(self) -> str:
         where = mask_url(self._url) + (" (cluster)" if self._cluster else "")
@@ -707,11 +730,12 @@ def _unlink(conn: Connection | _ClosedConnection, name: str, incarnation: str) -
         raise pool_error(name, conn.address, exc) from None
 
 
-def _attach_pickled(name: str, url: str, cluster: bool, lease_ttl: float, allow_eviction: bool = False) -> RedisPool:
+def _attach_pickled(name: str, url: str, cluster: bool, lease_ttl: float, allow_eviction: bool = False,
+                    durability: str | None = None) -> RedisPool:
     full_url, source = with_local_credentials(url)
     try:
         return RedisPool.attach(name, url=full_url, cluster=cluster, lease_ttl=lease_ttl,
-                                allow_eviction=allow_eviction)
+                                allow_eviction=allow_eviction, durability=durability)
     except RedisUnavailable as exc:
         if source is not None:
             raise
@@ -790,19 +814,34 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def _check_server(conn: Connection, allow_eviction: bool) -> None:
-    """Refuse a server older than MIN_REDIS_VERSION, or one that may evict pool keys (unless allowed)."""
+def _check_durability(durability: str | None) -> None:
+    kind, colon, count = (durability or "").partition(":")
+    if durability is None or durability == "aof" or (kind == "replicas" and colon and count.isdigit() and int(count) > 0):
+        return
+    raise ConfigError(f"durability: expected None, 'aof' or 'replicas:N' (N >= 1), got {durability!r}")
+
+
+def _check_server(conn: Connection, allow_eviction: bool, durability: str | None = None) -> None:
+    """Refuse a server older than MIN_REDIS_VERSION, one that may evict pool keys (unless allowed),
+    or one too old for the durability asked (WAITAOF needs Redis >= 7.2)."""
     minimum = ".".join(map(str, MIN_REDIS_VERSION))
     for where, info in conn.server_info():
         version = str(info.get("redis_version", ""))
         try:
-            too_old = tuple(int(p) for p in version.split(".")[:2]) < MIN_REDIS_VERSION
+            parsed: tuple[int, ...] = tuple(int(p) for p in version.split(".")[:2])
         except ValueError:
-            too_old = False  # a fork with its own numbering: its scripts will say what they lack
+            parsed = MIN_REDIS_VERSION  # a fork with its own numbering: its scripts will say what they lack
+        too_old = parsed < MIN_REDIS_VERSION
         if too_old:
             raise ConfigError(
                 f"server: Redis at {where} is version {version}; RedisPool needs Redis >= {minimum}"
                 " (script flags keep reads working at maxmemory); upgrade the server"
+            )
+        if durability == "aof" and parsed < WAITAOF_VERSION:
+            raise ConfigError(
+                f"durability: 'aof' waits with WAITAOF, which Redis at {where} (version {version}) lacks: it needs"
+                f" Redis >= {'.'.join(map(str, WAITAOF_VERSION))}. Upgrade the server, or use durability='replicas:N'"
+                " with replicas (or appendfsync always on the server, which makes every write wait for the disk)"
             )
         policy = str(info.get("maxmemory_policy", "noeviction"))
         if policy != "noeviction" and not allow_eviction:

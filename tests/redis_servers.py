@@ -65,10 +65,26 @@ class RedisServer:
     directory: Path
     process: subprocess.Popen
     tls: bool = False
+    args: tuple[str, ...] = ()
 
     @property
     def url(self) -> str:
         return f"{'rediss' if self.tls else 'redis'}://{HOST}:{self.port}/0"
+
+    def restart(self) -> None:
+        """kill -9 the server and start it again on its port and directory: it comes back with what
+        its persistence kept (an RDB snapshot, an AOF), as after a crash."""
+        self.process.kill()
+        self.process.wait(timeout=5)
+        log = self.directory / "redis.log"
+        ready = log.read_text(errors="replace").count("Ready to accept connections")
+        self.process = subprocess.Popen(self.args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + START_TIMEOUT
+        while log.read_text(errors="replace").count("Ready to accept connections") == ready:
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"redis-server did not start again; log:\n{log.read_text(errors='replace')[-2000:]}")
+            time.sleep(0.02)
 
     def stop(self) -> None:
         """Stop the server (SIGTERM, then SIGKILL) and remove its directory."""
@@ -122,7 +138,7 @@ def _start(extra_args: list[str], tls: TlsFiles | None) -> RedisServer:
         args = [server, *listen, "--bind", HOST, "--save", "", "--appendonly", "no", "--dir", str(directory),
                 "--logfile", str(log), "--daemonize", "no", *extra_args]
         process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        running = RedisServer(port, directory, process, tls is not None)
+        running = RedisServer(port, directory, process, tls is not None, tuple(args))
         deadline = time.monotonic() + START_TIMEOUT
         while process.poll() is None and time.monotonic() < deadline:
             if log.exists() and "Ready to accept connections" in log.read_text(errors="replace"):
@@ -194,6 +210,14 @@ class FaultyLink:
 
     def url(self, query: str = "") -> str:
         return f"redis://{HOST}:{self.port}/0{query}"
+
+    def retarget(self, port: int) -> None:
+        """Send new connections to the server on `port` and drop the current ones (a failover behind
+        one address, as a virtual IP or a Sentinel-aware proxy does it)."""
+        self.upstream = port
+        for sock in list(self._sockets):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
 
     def cut_next_reply(self) -> None:
         self._cut.set()
