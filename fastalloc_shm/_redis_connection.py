@@ -415,7 +415,8 @@ class Connection:
         if kind in ("moved", "ask", "tryagain") or (kind == "busy" and self._cluster):
             slot = key_slot(key.encode())
             return RedisResharding(
-                f"Redis Cluster slot {slot} (key {key!r}) at {where} still answered {self._scrub(exc)!r} after"
+                f"Redis Cluster slot {slot} (key {key!r}) at {where} still answered {_CODE_OF_KIND.get(kind, 'CLUSTERDOWN')}"
+                f" ({self._scrub(exc)}) after"
                 f" {spent:.1f} s of retries: the slot is being migrated or the cluster is failing over. Retry later,"
                 f" or finish the migration (`redis-cli --cluster fix`)"
             )
@@ -522,6 +523,7 @@ def _query_seconds(url: str, name: str) -> float | None:
 # Replies that say the call did not run, and what to do about them.
 _REDIRECTIONS = {"MOVED": "moved", "ASK": "ask", "TRYAGAIN": "tryagain", "CLUSTERDOWN": "busy",
                  "LOADING": "busy", "MASTERDOWN": "busy"}
+_CODE_OF_KIND = {"moved": "MOVED", "ask": "ASK", "tryagain": "TRYAGAIN"}
 _CODE_OF_CLASS = {"MovedError": "MOVED", "AskError": "ASK", "TryAgainError": "TRYAGAIN", "ClusterDownError": "CLUSTERDOWN",
                   "BusyLoadingError": "LOADING", "MasterDownError": "MASTERDOWN"}
 
