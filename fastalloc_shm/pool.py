@@ -17,7 +17,6 @@ and answer for a pool whose opening failed half-way.
 
 from __future__ import annotations
 
-import functools
 import logging
 import mmap
 import os
@@ -27,7 +26,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-import msgpack
 import psutil
 
 from . import _callables, _codec, _core, _names, _trust
@@ -48,7 +46,6 @@ _log = logging.getLogger("fastalloc_shm")
 _open_pools: weakref.WeakSet[SharedPool] = weakref.WeakSet()
 # The core's calls that the instance binds directly (see the module docstring).
 HOT_METHODS = ("allocate", "get", "set", "release", "allocate_many", "release_many")
-_unpack = functools.partial(msgpack.unpackb, **_codec.UNPACK_OPTIONS)
 
 
 def _after_fork_in_child() -> None:
@@ -260,11 +257,12 @@ class SharedPool(Pool):
         self._config = cfg
         self._trusted = trusted
         self._q = memoryview(segment.mm).cast("Q")
+        self._codec = _codec.Codec()
         grows = self._policy.may_grow and cfg.growth_strategy.kind != "none"
         self._core = _core.Core(
             segment.mm, sem_name, _liveness_path(segment), _names.extent_prefix(name),
             main_uid=os.fstat(segment.fd).st_uid, kind=self._policy.code, lock_timeout=cfg.lock_timeout,
-            batch=cfg.batch_size, errors=PoolErrors(name, cfg, self), pack=_codec.pack_function(), unpack=_unpack,
+            batch=cfg.batch_size, errors=PoolErrors(name, cfg, self), **self._codec.core_arguments(),
             grow=Grower(self) if grows else None, start_ticks=start_ticks(os.getpid()), creating=creating,
             trusted=tuple(trusted), reclaim=cfg.orphan_policy == "reclaim",
         )
@@ -372,7 +370,7 @@ class SharedPool(Pool):
 
     def _decode_previous(self, slot: int, payload: bytes) -> Any:
         try:
-            return _unpack(payload)
+            return self._codec.unpack(payload)
         except ValueError:
             return NOTHING  # not what a pool writes: the slot counts as never used
 

@@ -2,8 +2,16 @@
  *
  * bytes and str, the common values, are packed and unpacked here without an
  * intermediate object: a msgpack header plus the object's own buffer. Any
- * other value goes through the pool's packer (Python: msgpack with the
- * pool's options), so the bytes in a slot are always one msgpack object.
+ * other value goes through the pool's packers, so the bytes in a slot are
+ * always one msgpack object. An untyped pool has two (_codec.py): a plain
+ * value (exact None, bool, int, float, str, bytes, and lists and dicts of
+ * them, checked here by a walk that runs no Python code) goes to the fast
+ * one (msgspec), which writes it byte for byte as msgpack-python does; any
+ * other value to the full one, which decides whether it can be stored at
+ * all. Reading is the same split: slot bytes that may hold a msgpack
+ * Timestamp (ext -1, which msgspec would turn into a datetime) go to the
+ * full unpacker, the rest to the fast one. A typed pool has only the full
+ * pair, which validates against its type.
  *
  * Packing runs Python code (the packer, a value's hooks), so it happens
  * before an operation touches a slot (core.h, discipline b), and a Packed
@@ -46,6 +54,41 @@ static void put_length(Packed *p, uint8_t tag8, uint8_t tag16, uint8_t tag32, si
     }
 }
 
+/* How deep a plain value may nest before the full packer takes it (it has its own limit). */
+#define PLAIN_DEPTH 32
+
+static int is_plain_key(PyObject *k)
+{
+    return PyUnicode_CheckExact(k) || PyLong_CheckExact(k) || PyBytes_CheckExact(k) || PyFloat_CheckExact(k) ||
+           PyBool_Check(k) || k == Py_None;
+}
+
+/* A value msgspec writes as msgpack-python does and that reads back as itself. The walk runs no
+ * Python code (exact types only: no __hash__, __len__ or __iter__ of a user's class). */
+static int is_plain(PyObject *v, int depth)
+{
+    if (v == Py_None || PyBool_Check(v) || PyLong_CheckExact(v) || PyFloat_CheckExact(v) || PyUnicode_CheckExact(v) ||
+        PyBytes_CheckExact(v))
+        return 1;
+    if (depth <= 0)
+        return 0;
+    if (PyList_CheckExact(v)) {
+        for (Py_ssize_t i = 0; i < PyList_GET_SIZE(v); i++)
+            if (!is_plain(PyList_GET_ITEM(v, i), depth - 1))
+                return 0;
+        return 1;
+    }
+    if (PyDict_CheckExact(v)) {
+        Py_ssize_t pos = 0;
+        PyObject *k, *x;
+        while (PyDict_Next(v, &pos, &k, &x))
+            if (!is_plain_key(k) || !is_plain(x, depth - 1))
+                return 0;
+        return 1;
+    }
+    return 0;
+}
+
 static int pack_value(Core *c, PyObject *v, Packed *p)
 {
     p->owned = NULL;
@@ -74,9 +117,19 @@ static int pack_value(Core *c, PyObject *v, Packed *p)
         }
         PyErr_Clear(); /* lone surrogates: let the packer say what is wrong */
     }
-    PyObject *pack = Py_NewRef(c->pack);
-    PyObject *b = PyObject_CallOneArg(pack, v);
-    Py_DECREF(pack);
+    PyObject *b = NULL;
+    if (c->pack_plain && is_plain(v, PLAIN_DEPTH)) {
+        PyObject *fast = Py_NewRef(c->pack_plain);
+        b = PyObject_CallOneArg(fast, v);
+        Py_DECREF(fast);
+        if (!b)
+            PyErr_Clear(); /* e.g. an int past 64 bits: the full packer says what is wrong, in its words */
+    }
+    if (!b) {
+        PyObject *pack = Py_NewRef(c->pack);
+        b = PyObject_CallOneArg(pack, v);
+        Py_DECREF(pack);
+    }
     if (!b) {
         PyObject *exc = fetch_exception();
         if (exc)
@@ -163,9 +216,26 @@ static PyObject *decode_value(const uint8_t *src, uint32_t n, PyObject **copy)
     return NULL;
 }
 
+/* Slot bytes that may hold a msgpack Timestamp (ext type -1: fixext 4 or 8, or ext 8 of 12
+ * bytes). A false alarm (a 0xff inside a number or a string) only costs the full unpacker. */
+static int may_hold_timestamp(const uint8_t *s, size_t n)
+{
+    for (const uint8_t *p = memchr(s, 0xff, n); p; p = memchr(p + 1, 0xff, n - (size_t)(p - s) - 1)) {
+        size_t i = (size_t)(p - s);
+        if ((i >= 1 && (s[i - 1] == 0xd6 || s[i - 1] == 0xd7)) || (i >= 2 && s[i - 2] == 0xc7 && s[i - 1] == 0x0c))
+            return 1;
+        if (i + 1 >= n)
+            break;
+    }
+    return 0;
+}
+
 static PyObject *unpack_copy(Core *c, PyObject *h, PyObject *copy)
 {
-    PyObject *unpack = Py_NewRef(c->unpack);
+    PyObject *unpack = Py_NewRef(c->unpack_plain && !may_hold_timestamp((const uint8_t *)PyBytes_AS_STRING(copy),
+                                                                        (size_t)PyBytes_GET_SIZE(copy))
+                                     ? c->unpack_plain
+                                     : c->unpack);
     PyObject *v = PyObject_CallOneArg(unpack, copy);
     Py_DECREF(unpack);
     Py_DECREF(copy);

@@ -23,8 +23,9 @@
  *     checked, and used from the copy. Another process can change the word
  *     between two reads; a second read is a second, unchecked value.
  * (b) No pointer into a mapping and no borrowed reference survives a call
- *     that can run Python code. Those calls are: the fallback packer
- *     (c->pack) and the unpacker (c->unpack); the growth policy (c->grow);
+ *     that can run Python code. Those calls are: the packers (c->pack,
+ *     c->pack_plain) and the unpackers (c->unpack, c->unpack_plain); the
+ *     growth policy (c->grow);
  *     the error builder (c->errors, reached through raise_failure and
  *     RAISE); PyErr_CheckSignals in a wait; any allocation of a GC-tracked
  *     object (tuple, list, dict: a collection runs finalizers); and any
@@ -141,6 +142,7 @@ typedef struct {
     char *extent_prefix; /* "/fastalloc.<name>.x" */
     char *segment_path;  /* "/dev/shm/fastalloc.<name>" */
     PyObject *errors, *pack, *unpack, *grow;
+    PyObject *pack_plain, *unpack_plain; /* the fast codec for plain values, or NULL (codec.c) */
     /* ThreadLocalPool: this process's magazine of pool-wide indices, each
      * CACHED by this owner in shared memory. Threads share it: every touch
      * holds the GIL. */

@@ -123,7 +123,16 @@ static PyObject *py_fault(PyObject *mod, PyObject *name)
     return PyErr_Format(PyExc_ValueError, "%R is not a fault point", name);
 }
 
+static PyObject *py_is_plain(PyObject *mod, PyObject *value)
+{
+    (void)mod;
+    return PyBool_FromLong(is_plain(value, PLAIN_DEPTH));
+}
+
 static PyMethodDef module_methods[] = {
+    {"is_plain", py_is_plain, METH_O,
+     "is_plain(value, /)\n--\n\nIs the value plain (exact None, bool, int, float, str, bytes, lists and dicts of them)? "
+     "The fast codec takes those (codec.c)."},
     {"init_mutex", py_init_mutex, METH_O,
      "init_mutex(buffer, /)\n--\n\nInitialize the robust, process-shared mutex in a new header."},
     {"extent_size", py_extent_size, METH_VARARGS,

@@ -219,8 +219,9 @@ static PyObject *Core_new(PyTypeObject *type, PyObject *args, PyObject *kw)
 static int Core_init(Core *c, PyObject *args, PyObject *kw)
 {
     static char *names[] = {"buffer", "sem_name", "segment_path", "extent_prefix", "main_uid", "kind", "lock_timeout",
-                            "batch", "errors", "pack", "unpack", "grow", "start_ticks", "creating", "trusted", "reclaim", NULL};
-    PyObject *buffer, *errors, *pack, *unpack, *grow, *trusted;
+                            "batch", "errors", "pack", "unpack", "grow", "start_ticks", "creating", "trusted", "reclaim",
+                            "pack_plain", "unpack_plain", NULL};
+    PyObject *buffer, *errors, *pack, *unpack, *grow, *trusted, *pack_plain = Py_None, *unpack_plain = Py_None;
     const char *sem_name, *segment_path, *extent_prefix;
     unsigned int main_uid, batch;
     int kind, creating, reclaim = 0;
@@ -230,9 +231,9 @@ static int Core_init(Core *c, PyObject *args, PyObject *kw)
         PyErr_SetString(PyExc_RuntimeError, "a Core is initialized once");
         return -1;
     }
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OsssIidIOOOOKpO|p", names, &buffer, &sem_name, &segment_path, &extent_prefix,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OsssIidIOOOOKpO|pOO", names, &buffer, &sem_name, &segment_path, &extent_prefix,
                                      &main_uid, &kind, &lock_timeout, &batch, &errors, &pack, &unpack, &grow, &start_ticks,
-                                     &creating, &trusted, &reclaim))
+                                     &creating, &trusted, &reclaim, &pack_plain, &unpack_plain))
         return -1;
     c->initialized = 1;
     PyObject *uids = PySequence_Tuple(trusted);
@@ -250,6 +251,8 @@ static int Core_init(Core *c, PyObject *args, PyObject *kw)
     c->errors = Py_NewRef(errors);
     c->pack = Py_NewRef(pack);
     c->unpack = Py_NewRef(unpack);
+    c->pack_plain = pack_plain == Py_None ? NULL : Py_NewRef(pack_plain);
+    c->unpack_plain = unpack_plain == Py_None ? NULL : Py_NewRef(unpack_plain);
     c->grow = Py_NewRef(grow);
     c->exported = PyDict_New();
     if (!c->exported)
@@ -369,6 +372,8 @@ static int Core_traverse(Core *c, visitproc visit, void *arg)
     Py_VISIT(c->errors);
     Py_VISIT(c->pack);
     Py_VISIT(c->unpack);
+    Py_VISIT(c->pack_plain);
+    Py_VISIT(c->unpack_plain);
     Py_VISIT(c->grow);
     Py_VISIT(c->exported);
     return 0;
@@ -379,6 +384,8 @@ static int Core_clear(Core *c)
     Py_CLEAR(c->errors);
     Py_CLEAR(c->pack);
     Py_CLEAR(c->unpack);
+    Py_CLEAR(c->pack_plain);
+    Py_CLEAR(c->unpack_plain);
     Py_CLEAR(c->grow);
     Py_CLEAR(c->exported);
     return 0;
@@ -652,7 +659,7 @@ static PyType_Slot Core_slots[] = {
     {Py_tp_methods, Core_methods},
     {Py_tp_getset, Core_getset},
     {Py_tp_doc, "Core(buffer, sem_name, segment_path, extent_prefix, *, main_uid, kind, lock_timeout, batch, errors, "
-                "pack, unpack, grow, start_ticks, creating, trusted, reclaim=False)\n--\n\n"
+                "pack, unpack, grow, start_ticks, creating, trusted, reclaim=False, pack_plain=None, unpack_plain=None)\n--\n\n"
                 "The compiled core of one pool in this process."},
     {0, NULL},
 };
