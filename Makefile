@@ -36,7 +36,8 @@ ASAN_TESTS := tests/test_fuzz_segment.py tests/test_layout.py tests/test_contrac
 	tests/test_crash_matrix.py tests/test_lock_soundness.py tests/test_kinds.py tests/test_torn_reads.py tests/test_threads.py \
 	tests/test_thread_races.py tests/test_review_findings.py tests/test_repair_crash.py tests/test_channels.py \
 	tests/test_magazine_steal.py tests/test_unit_lock.py tests/test_unit_recovery.py \
-	tests/test_channel_observability.py tests/test_allocate_async.py
+	tests/test_channel_observability.py tests/test_allocate_async.py \
+	$(sort $(wildcard tests/test_unit_coverage_*.py))
 test-asan: $(STAMP)
 	rm -rf $(ASAN_DIR) && mkdir -p $(ASAN_DIR)
 	cp -r fastalloc_shm tests pyproject.toml README.md $(ASAN_DIR)/ && rm -f $(ASAN_DIR)/fastalloc_shm/*.so
