@@ -113,6 +113,7 @@ class PoolConfig:
     orphan_policy: str = "keep"
     batch_size: int = DEFAULT_BATCH_SIZE
     mode: int = 0o600
+    value_schema: str | None = None  # set by create(value_type=...): _value_types.schema_of
 
     def __post_init__(self) -> None:
         _check_int("capacity", self.capacity, 1)
@@ -144,6 +145,8 @@ class PoolConfig:
         _check_int("mode", self.mode, 0)
         if self.mode > 0o777:
             raise ConfigError(f"mode: {oct(self.mode)} is not a permission mode (0..0o777)")
+        if self.value_schema is not None and not isinstance(self.value_schema, str):
+            raise ConfigError(f"value_schema: expected a schema string (set by value_type=), got {self.value_schema!r}")
 
     @staticmethod
     def builder() -> PoolConfigBuilder:
@@ -183,6 +186,7 @@ class PoolConfig:
             "orphan_policy": self.orphan_policy,
             "batch_size": self.batch_size,
             "mode": self.mode,
+            "value_schema": self.value_schema,
         }
 
     @classmethod
@@ -214,6 +218,10 @@ class PoolConfig:
         mine, theirs = self.to_record(), other.to_record()
         for key, value in mine.items():
             if theirs.get(key) != value:
+                if key == "value_schema":
+                    from ._value_types import difference
+
+                    return f"another value_type: {difference(value, theirs.get(key))}"
                 return f"{key}={value!r}, not {theirs.get(key)!r}"
         return None
 

@@ -17,13 +17,14 @@ and answer for a pool whose opening failed half-way.
 
 from __future__ import annotations
 
+import functools
 import logging
 import mmap
 import os
 import secrets
 import weakref
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 import psutil
@@ -35,6 +36,7 @@ from ._base import NOTHING, Pool, build_config, check_same_config
 from ._growth import Grower
 from ._header import HalfCreated, encode_config, open_ready, write_header
 from ._messages import PoolErrors
+from ._value_types import difference, schema_of
 from .channel import Channel
 from .channel import validate_name as validate_channel_name
 from .config import PoolConfig
@@ -134,27 +136,31 @@ class SharedPool(Pool):
         config: PoolConfig | None = None,
         exist_ok: bool = False,
         trusted_uids: Iterable[int] | None = None,
+        value_type: Any = None,
         **overrides: Any,
     ) -> SharedPool:
         """Create the pool `name` (exclusively), or attach it when `exist_ok` and compatible.
 
         An existing pool is attached only when its owner is trusted (see `attach`) and its
         kind and every config field match; otherwise IncompatiblePool names the first difference.
+        `value_type` (a msgspec Struct, dataclass, TypedDict, `list[int]`...) makes a typed pool:
+        values are validated on the way in and come back as that type; its schema is recorded.
 
         >>> pool = FixedPool.create("jobs", capacity=10_000, slot_size=256)  # doctest: +SKIP
         """
         name = _names.validate(name)
         cfg = cls._prepare_config(build_config(capacity, slot_size, config, overrides))
+        cfg = replace(cfg, value_schema=None if value_type is None else schema_of(value_type))
         for _ in range(2):
             try:
-                return cls._create_new(name, cfg)
+                return cls._create_new(name, cfg, value_type)
             except PoolExistsError:
                 if not exist_ok:
                     raise PoolExistsError(
                         f"pool {name!r} exists already; attach it, unlink it first, or pass exist_ok=True"
                     ) from None
             try:
-                pool = cls.attach(name, trusted_uids=trusted_uids)
+                pool = cls.attach(name, trusted_uids=trusted_uids, value_type=value_type)
             except HalfCreated:
                 unlink(name)
                 continue
@@ -173,7 +179,7 @@ class SharedPool(Pool):
         return cfg
 
     @classmethod
-    def _create_new(cls, name: str, cfg: PoolConfig) -> SharedPool:
+    def _create_new(cls, name: str, cfg: PoolConfig, value_type: Any) -> SharedPool:
         record = encode_config(cfg)
         stride = L.stride_for(cfg.slot_size, cfg.alignment)
         size = L.main_segment_size(cfg.capacity, stride, cfg.alignment)
@@ -191,7 +197,7 @@ class SharedPool(Pool):
             if not seg.still_named(segment):
                 # An unlink() ran meanwhile and may have read no id yet: the semaphore is ours to remove.
                 seg.unlink_semaphore(sem_name)
-            pool._open(name, segment, sem_name, cfg, _trust.trusted_uids(()), creating=True)
+            pool._open(name, segment, sem_name, cfg, _trust.trusted_uids(()), creating=True, value_type=value_type)
             if cfg.pre_initialize:
                 pool._pre_initialize()
             if cfg.huge_pages:
@@ -220,12 +226,14 @@ class SharedPool(Pool):
             unlink(self._name or segment.posix_name.removeprefix("/" + _names.PREFIX))
 
     @classmethod
-    def attach(cls, name: str, *, trusted_uids: Iterable[int] | None = None) -> SharedPool:
+    def attach(cls, name: str, *, trusted_uids: Iterable[int] | None = None, value_type: Any = None) -> SharedPool:
         """Attach the existing pool `name` from any process.
 
         Its segments and semaphore must be owned by this process's euid, root, or a uid
         in `trusted_uids` (default: `$FASTALLOC_TRUSTED_UIDS`, comma-separated); anyone
         can create a name in /dev/shm first, and a pool's config names callables.
+        With `value_type`, the pool must record that type's schema (IncompatiblePool names
+        the difference) and values come back as that type; without, as plain values.
         """
         name = _names.validate(name)
         trusted = _trust.trusted_uids(trusted_uids)
@@ -236,12 +244,15 @@ class SharedPool(Pool):
             raise IncompatiblePool(
                 f"pool {name!r} is a {pool_cls.__name__}; attach it with that class or fastalloc_shm.attach()"
             )
+        if value_type is not None and (wanted := schema_of(value_type)) != cfg.value_schema:
+            segment.close()
+            raise IncompatiblePool(f"pool {name!r}: {difference(cfg.value_schema, wanted)}")
         pool = pool_cls.__new__(pool_cls)
         try:
             pool_id = memoryview(segment.mm).cast("Q")[L.HDR_POOL_ID]
             sem_name = _names.semaphore(name, pool_id)
             seg.open_semaphore(sem_name, f"pool {name!r}", trusted).close()
-            pool._open(name, segment, sem_name, cfg, trusted, creating=False)
+            pool._open(name, segment, sem_name, cfg, trusted, creating=False, value_type=value_type)
         except BaseException:
             pool.close()
             segment.close()
@@ -249,7 +260,7 @@ class SharedPool(Pool):
         return pool
 
     def _open(self, name: str, segment: seg.Segment, sem_name: str, cfg: PoolConfig, trusted: frozenset[int],
-              creating: bool) -> None:
+              creating: bool, value_type: Any = None) -> None:
         self._name = name
         self._sem_name = sem_name
         self._creator = creating
@@ -257,7 +268,7 @@ class SharedPool(Pool):
         self._config = cfg
         self._trusted = trusted
         self._q = memoryview(segment.mm).cast("Q")
-        self._codec = _codec.Codec()
+        self._codec = _codec.Codec(value_type)
         grows = self._policy.may_grow and cfg.growth_strategy.kind != "none"
         self._core = _core.Core(
             segment.mm, sem_name, _liveness_path(segment), _names.extent_prefix(name),
@@ -302,6 +313,12 @@ class SharedPool(Pool):
     @property
     def slot_size(self) -> int:
         return self._config.slot_size
+
+    @property
+    def value_type(self) -> Any:
+        """The type values come back as in this attachment (None: plain msgpack values)."""
+        codec = getattr(self, "_codec", None)  # None before the pool opened
+        return None if codec is None else codec.value_type
 
     @property
     def config(self) -> PoolConfig:
@@ -514,7 +531,11 @@ class SharedPool(Pool):
             seg.unlink_semaphore(self._sem_name)
 
     def __reduce__(self) -> tuple[Callable[..., SharedPool], tuple[str]]:
-        return (type(self).attach, (self._name,))
+        # A typed pool pickles with its type (by reference, as pickle does any class).
+        value_type = self.value_type
+        if value_type is None:
+            return (type(self).attach, (self._name,))
+        return (functools.partial(type(self).attach, value_type=value_type), (self._name,))
 
     def __del__(self) -> None:
         try:
@@ -534,12 +555,12 @@ class FixedPool(SharedPool):
     _policy = KindPolicy(L.KIND_FIXED, may_grow=False)
 
 
-def attach(name: str, *, trusted_uids: Iterable[int] | None = None) -> SharedPool:
-    """Attach the pool `name` as the class its header records (owner check: see SharedPool.attach).
+def attach(name: str, *, trusted_uids: Iterable[int] | None = None, value_type: Any = None) -> SharedPool:
+    """Attach the pool `name` as the class its header records (owner check, value_type: see SharedPool.attach).
 
     >>> pool = attach("jobs")  # doctest: +SKIP
     """
-    return SharedPool.attach(name, trusted_uids=trusted_uids)
+    return SharedPool.attach(name, trusted_uids=trusted_uids, value_type=value_type)
 
 
 def unlink(name: str) -> bool:
