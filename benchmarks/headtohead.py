@@ -16,21 +16,37 @@ import signal
 import traceback
 from functools import partial
 
-from .systems import Session, Unavailable, check_available, create_store
+from . import library
+from .systems import POOL_CAPACITY, Session, Unavailable, check_available, create_store
 from .timing import gc_paused, row
-from .values import VALUES
+from .values import SLOT_SIZES, SMALL_TYPED, VALUES, SmallRecord
 from .workloads import rep_cycle
 
 CONTENDERS = ("floor-c", "FixedPool", "ThreadLocalPool", "LMDB", "iceoryx2")
-KINDS = ("bytes100", "small")
+TYPED = "small-typed"  # the dict as a msgspec Struct in a typed pool (value_type=SmallRecord)
+KINDS = ("bytes100", "small", TYPED)
 START_TIMEOUT = 120.0  # seconds a contender may take to import, build and create its stores
 REP_TIMEOUT = 60.0  # seconds one repetition may take before its contender is dropped
 INDEX_BASE = 100  # session indices of the contenders: apart from the per-system runs'
 
 
 def kinds_of(system: str) -> tuple[str, ...]:
-    """iceoryx2 races on bytes only: the dict targets compare with the floor and LMDB."""
-    return ("bytes100",) if system == "iceoryx2" else KINDS
+    """iceoryx2 races on bytes only: the dict targets compare with the floor and LMDB; only the
+    library's kinds have typed values."""
+    if system == "iceoryx2":
+        return ("bytes100",)
+    return KINDS if system in library.KINDS else ("bytes100", "small")
+
+
+def value_of(kind: str):
+    return SMALL_TYPED if kind == TYPED else VALUES[kind]
+
+
+def _create(system: str, session, kind: str):
+    if kind != TYPED:
+        return create_store(system, session, kind)
+    pool = library.create_pool(system, session.name(), POOL_CAPACITY, SLOT_SIZES["small"], value_type=SmallRecord)
+    return library.PoolStore(system, pool, owner=True)
 
 
 def op_name(kind: str) -> str:
@@ -53,11 +69,11 @@ def contender(system: str, index: int, settings, conn) -> None:
             conn.send(("unavailable", str(exc)))
             return
         for kind in kinds_of(system):
-            stores[kind] = create_store(system, session, kind)
+            stores[kind] = _create(system, session, kind)
         conn.send(("ready",))
         while (msg := conn.recv())[0] == "rep":
             _, kind, n = msg
-            conn.send(("ok", gc_paused(partial(rep_cycle, stores[kind], VALUES[kind], n)) / n))
+            conn.send(("ok", gc_paused(partial(rep_cycle, stores[kind], value_of(kind), n)) / n))
     except (EOFError, KeyboardInterrupt):
         pass  # the parent went away: clean up below
     except Exception as exc:

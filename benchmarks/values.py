@@ -9,6 +9,7 @@ shared-memory-dict pickle; a plain dict stores the object.
 from __future__ import annotations
 
 import msgpack
+import msgspec
 
 # ~100 bytes once msgpack-packed: a small record, the typical "job" or "message" a pool holds.
 SMALL: dict = {
@@ -26,6 +27,21 @@ BYTES100: bytes = bytes(range(100))
 LARGE: bytes = bytes(range(256)) * 16
 
 VALUES: dict[str, object] = {"small": SMALL, "bytes100": BYTES100, "4k": LARGE}
+
+
+class SmallRecord(msgspec.Struct):
+    """SMALL as a typed pool's value (value_type=SmallRecord): the same fields, the same msgpack bytes."""
+
+    id: int
+    user: str
+    tags: list[str]
+    score: float
+    active: bool
+    note: str
+
+
+# The head-to-head's typed cycle (issue 20): only the library's kinds run it (no peer has typed values).
+SMALL_TYPED = SmallRecord(**SMALL)
 # The value the multi-process runs cycle: small enough that the lock, not the copy, is contended.
 MP_KIND = "bytes100"
 
