@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-asan bench lint clean
+.PHONY: run test test-asan test-pythons check-pythons bench lint clean
 
 $(STAMP): pyproject.toml setup.py $(wildcard fastalloc_shm/_core/*)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,7 +27,39 @@ lint: $(STAMP)
 	$(BIN)/ruff check fastalloc_shm daemon clients tests benchmarks
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) $(foreach v,$(PYTHONS),.venv-$(v)) build *.egg-info
+
+# Every supported Python besides the one of .venv (requires-python, the classifiers): the core's and
+# the contract's tests again in .venv-<version>, each with the project installed (the core compiles
+# per interpreter: _core.cpython-312-*.so beside the others). The interpreters are pyenv's builds
+# ($(PYENV_ROOT)/versions/<version>.*) or python<version> on PATH. Under CI a missing one fails the
+# run; elsewhere it is skipped with a warning.
+PYTHONS ?= 3.12 3.13
+PYTHONS_TESTS := tests/test_contract.py tests/test_layout.py tests/test_bad_input.py tests/test_channels.py \
+	$(sort $(wildcard tests/test_unit_*.py))
+PYENV_ROOT ?= $(HOME)/.pyenv
+find_python = $(or $(shell ls -d $(PYENV_ROOT)/versions/$(1).*/bin/python$(1) 2>/dev/null | sort -V | tail -n 1),$(shell \
+	PATH="$$(echo "$$PATH" | tr : '\n' | grep -v /shims | paste -sd:)" command -v python$(1)))
+PYTHONS_FOUND := $(foreach v,$(PYTHONS),$(if $(call find_python,$(v)),$(v)))
+PYTHONS_MISSING := $(filter-out $(PYTHONS_FOUND),$(PYTHONS))
+
+test-pythons: check-pythons $(foreach v,$(PYTHONS_FOUND),.venv-$(v)/.installed)
+	@for v in $(PYTHONS_FOUND); do \
+	  echo "== Python $$(.venv-$$v/bin/python -c 'import platform; print(platform.python_version())')"; \
+	  .venv-$$v/bin/python -m pytest -q -p no:cacheprovider $(PYTHONS_TESTS) || exit 1; done
+
+check-pythons:
+	@if [ -n "$(PYTHONS_MISSING)" ]; then \
+	  echo "Python $(PYTHONS_MISSING) not found (looked in $(PYENV_ROOT)/versions and on PATH);" \
+	    "install it, e.g. pyenv install $(firstword $(PYTHONS_MISSING))"; \
+	  if [ "$$CI" = true ]; then exit 1; fi; echo "skipping it here (CI fails)"; fi
+
+.venv-%/.installed: pyproject.toml setup.py $(wildcard fastalloc_shm/_core/*)
+	@test -n "$(call find_python,$*)" || { echo "Python $* not found"; exit 1; }
+	test -x .venv-$*/bin/python || $(call find_python,$*) -m venv .venv-$*
+	.venv-$*/bin/python -m pip install --quiet --upgrade pip
+	.venv-$*/bin/python -m pip install --quiet -e '.[test]'
+	touch $@
 
 # The core's tests again with the core built under AddressSanitizer and UBSan:
 # a copy of the package and its tests whose _core is the instrumented build.
