@@ -1005,8 +1005,10 @@ def _die_with_cached_slots(name):
 
 
 def test_a_reload_opens_new_pools_keeps_the_live_shape_and_says_what_it_kept(registry, make_name, caplog):
-    """Kills registry.py's apply, _open, _adopt and _info mutants: what a config opens (owned, declared),
-    what a reload with changed settings logs and keeps, what a pool removed from the config becomes."""
+    """Kills registry.py's apply, _open, _adopt and _info mutants (and register 28, 29: a watched pool's
+    recorded kind or config lost, so declaring its live settings would warn): what a config opens (owned,
+    declared), what a reload with changed settings logs and keeps, what a pool removed from the config
+    becomes."""
     from fastalloc_shm import FixedPool, unlink
     from fastalloc_shmd.config import DaemonConfig
 
@@ -1038,10 +1040,8 @@ def test_a_reload_opens_new_pools_keeps_the_live_shape_and_says_what_it_kept(reg
                                           _info(c, owned=True, persist=False, declared=False),
                                           _info(w, owned=True, persist=False, declared=True)], key=lambda i: i["name"])
         caplog.clear()
-        registry.apply(DaemonConfig({a: _spec(a, persist=True)}, source="three.toml"), strict=True)
-        assert _logged(caplog) == [  # the same settings again: no word about a; b and c were warned of once
-            ("WARNING", f"pool {w!r} was removed from three.toml: kept as it is (clients may still use it) and "
-                        f"unlinked at stop; remove it now with `fastalloc-shm rm {w}` or DaemonClient().destroy({w!r})")]
+        registry.apply(DaemonConfig({a: _spec(a, persist=True), w: _spec(w)}, source="three.toml"), strict=True)
+        assert _logged(caplog) == []  # the live settings declared: no warning (b and c were warned of once)
         watched.close()
     finally:
         registry.close()
@@ -1114,9 +1114,10 @@ def test_create_and_destroy_ops_of_the_registry(registry, make_name, sleeper, ca
 
 
 def test_register_watches_a_live_pid_and_forgets_it_once_dead(registry, make_name, sleeper, caplog):
-    """Kills registry.py's register, clients and pop_dead_clients mutants: a dead pid is refused, a live one's
-    pools are attached (watched, not owned) or shared with a managed one, its pools add up; a failed attach
-    closes what it opened; a client that died is popped once."""
+    """Kills registry.py's register, clients and pop_dead_clients mutants (register 43, 44, 47, 50 among them:
+    a live client's record replaced): a dead pid is refused, a live one's pools are attached (watched, not
+    owned) or shared with a managed one, its pools add up; a failed attach closes what it opened; a client
+    that died is popped once."""
     import subprocess
     import sys
 
@@ -1136,7 +1137,7 @@ def test_register_watches_a_live_pid_and_forgets_it_once_dead(registry, make_nam
         caplog.clear()
         assert registry.register(sleeper.pid, [x]) == {"pid": sleeper.pid, "pools": [x]}
         assert _logged(caplog) == [("INFO", f"watching pool {x!r} (used by pid {sleeper.pid})")]
-        assert registry.register(sleeper.pid, [y, x]) == {"pid": sleeper.pid, "pools": sorted([x, y])}
+        assert registry.register(sleeper.pid, [y]) == {"pid": sleeper.pid, "pools": sorted([x, y])}  # adds up
         assert registry.register(os.getpid(), [x]) == {"pid": os.getpid(), "pools": [x]}
         assert registry.clients() == {sleeper.pid: {x, y}, os.getpid(): {x}}
         assert registry.list() == sorted([_info(x, owned=False, persist=False, declared=False),
@@ -1277,3 +1278,271 @@ def test_stop_unlinks_only_the_owned_pools_it_still_holds(registry, make_name, s
         registry.close()
         for name in (owned, kept, watched, replaced):
             unlink(name)
+
+
+def test_pools_already_on_the_machine_are_taken_by_a_config_and_by_create_with_exist_ok(registry, make_name):
+    """Kills registry.py's apply 5, 10, create 17 and _open 4, 7 (exist_ok lost on the way to create()):
+    a declared pool that outlived the last daemon (persist) is attached, not refused; so is one create
+    names with exist_ok; without it, refused."""
+    from fastalloc_shm import FixedPool, PoolExistsError, unlink
+    from fastalloc_shmd.config import DaemonConfig
+
+    declared, created, refused = make_name(), make_name(), make_name()
+    for name in (declared, created, refused):
+        FixedPool.create(name, capacity=4, slot_size=64).close()
+    try:
+        registry.apply(DaemonConfig({declared: _spec(declared)}, source="d.toml"), strict=True)
+        assert registry.create(_spec(created), exist_ok=True) == _info(created, owned=True, persist=False,
+                                                                         declared=False)
+        with pytest.raises(PoolExistsError):
+            registry.create(_spec(refused), exist_ok=False)
+        assert registry.names() == sorted([declared, created])
+    finally:
+        registry.close()
+        for name in (declared, created, refused):
+            unlink(name)
+
+
+def test_register_refuses_a_zombie(registry, make_name):
+    """Kills registry.py's register 3 (`or` made `and`: a pid whose start time can be read but which
+    no longer runs, a zombie, accepted)."""
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    from fastalloc_shm.errors import FastallocError
+
+    zombie = subprocess.Popen([sys.executable, "-c", "pass"])
+    try:
+        deadline = time.monotonic() + 30
+        while psutil.Process(zombie.pid).status() != psutil.STATUS_ZOMBIE:
+            assert time.monotonic() < deadline, "the child never exited"
+            time.sleep(0.01)
+        with pytest.raises(FastallocError) as raised:
+            registry.register(zombie.pid, [make_name()])
+        assert str(raised.value) == f"pid {zombie.pid} is not a running process; register a live one"
+    finally:
+        zombie.wait()
+
+
+def _spawn_as_pid(pid):
+    """A sleeping process given pid `pid` (the kernel's next pid set through ns_last_pid, as CRIU does;
+    tried again when another process on the machine forks first)."""
+    import subprocess
+    import sys
+
+    for _ in range(100):
+        with open("/proc/sys/kernel/ns_last_pid", "w") as f:
+            f.write(str(pid - 1))
+        proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+        if proc.pid == pid:
+            return proc
+        proc.kill()
+        proc.wait()
+    pytest.fail(f"pid {pid} was never given back")
+
+
+@needs_root("to hand a dead client's pid to a new process (ns_last_pid)")
+def test_a_pid_reused_by_another_process_is_another_client(registry, make_name):
+    """Kills registry.py's register 49, 51, 54 and pop_dead_clients 4, 6 (a client's start time ignored
+    or not recorded): a registered client dies and its pid goes to a new process; that process's
+    register starts a new record (the dead one's pools are not its), and once it dies in turn its
+    record is popped even while its pid runs a third process."""
+    import subprocess
+    import sys
+    import time
+
+    from fastalloc_shm import FixedPool, unlink
+
+    x, y = make_name(), make_name()
+    for name in (x, y):
+        FixedPool.create(name, capacity=4, slot_size=64).close()
+    procs = [subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])]
+    pid = procs[0].pid
+    try:
+        registry.register(pid, [x])
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+        time.sleep(0.05)  # start times differ by more than the tick they are compared to
+        procs.append(_spawn_as_pid(pid))
+        assert registry.register(pid, [y]) == {"pid": pid, "pools": [y]}
+        procs[-1].kill()
+        procs[-1].wait()
+        time.sleep(0.05)
+        procs.append(_spawn_as_pid(pid))
+        (gone,) = registry.pop_dead_clients()
+        assert (gone.pid, gone.pools) == (pid, {y}) and registry.clients() == {}
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+        registry.close()
+        for name in (x, y):
+            unlink(name)
+
+
+def _stack_of(thread):
+    """The functions on `thread`'s Python stack, innermost first, each with its locals (match names by
+    substring: under mutmut a function runs as `x_<name>__mutmut_<n>` behind a trampoline)."""
+    import sys
+
+    frame = sys._current_frames().get(thread.ident)
+    stack = []
+    while frame is not None:
+        stack.append((frame.f_code.co_name, frame.f_locals))
+        frame = frame.f_back
+    return stack
+
+
+def _wait_until(predicate, what):
+    import time
+
+    deadline = time.monotonic() + 30
+    while not predicate():
+        assert time.monotonic() < deadline, f"never: {what}"
+        time.sleep(0.002)
+
+
+def test_a_register_that_finds_its_pool_opened_meanwhile_goes_on_with_the_rest(registry, make_name):
+    """Kills registry.py's register 17 (`continue` made `break`): a register attaches its new pools outside
+    the registry lock; one of them managed meanwhile (here created while the register waits for another
+    pool's creator to mark it ready) is closed, and the pools after it are still watched."""
+    import threading
+
+    from fastalloc_shm import FixedPool, attach, unlink
+
+    meanwhile, slow = make_name(), make_name()
+    FixedPool.create(meanwhile, capacity=4, slot_size=64).close()
+    creator = FixedPool.create(slow, capacity=4, slot_size=64)
+    result = {}
+    try:
+        _put_word(creator, L.HDR_READY, 0)  # as before its creator's last step: an attach waits
+        thread = threading.Thread(target=lambda: result.update(registry.register(os.getpid(), [meanwhile, slow])))
+        thread.start()
+        _wait_until(lambda: any("open_ready" in f for f, _ in _stack_of(thread)[:2])
+                    and any("register" in f and v.get("name") == slow for f, v in _stack_of(thread)),
+                    "the register waits for the second pool")
+        registry.create(_spec(meanwhile), exist_ok=True)
+        _put_word(creator, L.HDR_READY, 1)
+        thread.join(30)
+        assert result == {"pid": os.getpid(), "pools": sorted([meanwhile, slow])}
+        assert registry.list() == sorted([_info(meanwhile, owned=True, persist=False, declared=False),
+                                          _info(slow, owned=False, persist=False, declared=False)],
+                                         key=lambda i: i["name"])
+        mine = attach(meanwhile)
+        try:  # the register's own attach of it was closed: the registry's and this one are left
+            assert len(mine.clients()) == 2
+        finally:
+            mine.close()
+    finally:
+        creator.close()
+        registry.close()
+        for name in (meanwhile, slow):
+            unlink(name)
+
+
+def test_a_recover_that_waited_for_a_pool_destroyed_meanwhile_says_so(registry, make_name):
+    """Kills registry.py's recover 5 (the message made None): a recover waiting for the pool object while
+    a destroy takes it away finds it gone."""
+    import threading
+
+    from fastalloc_shm import unlink
+    from fastalloc_shm.errors import PoolNotFound
+
+    a = make_name()
+    registry.create(_spec(a), exist_ok=False)
+    busy = registry._pools[a].busy
+    raised = []
+
+    def recover():
+        try:
+            registry.recover(a)
+        except PoolNotFound as exc:
+            raised.append(str(exc))
+
+    try:
+        with busy:  # the pool object in use (as by the monitor)
+            recovering = threading.Thread(target=recover)
+            recovering.start()
+            _wait_until(lambda: any("recover" in f and "managed" in v for f, v in _stack_of(recovering)),
+                        "the recover waits for the pool object")
+            destroying = threading.Thread(target=registry.destroy, args=(a,))
+            destroying.start()
+            _wait_until(lambda: a not in registry.names(), "the destroy took the pool")
+        recovering.join(30)
+        destroying.join(30)
+        assert raised == [f"pool {a!r} was destroyed meanwhile"]
+    finally:
+        registry.close()
+        unlink(a)
+
+
+def test_try_recover_waits_only_as_long_as_it_is_told(registry, make_name, tmp_path):
+    """Kills registry.py's try_recover 9 (the wait dropped: the pool's lock_timeout, here 20 s, waited
+    instead): with the pool's lock held by a stopped process, try_recover gives up after its own wait."""
+    import time
+
+    from fastalloc_shm import PoolConfig, unlink
+    from fastalloc_shmd.config import PoolSpec
+
+    from .test_review_findings import Faulted
+
+    a = make_name()
+    registry.create(PoolSpec(a, "fixed", PoolConfig(capacity=4, slot_size=64, lock_timeout=20.0)), exist_ok=False)
+    holder = Faulted(tmp_path, "allocate_n", a, 1, fault="lock.acquired:stop")
+    try:
+        started = time.monotonic()
+        assert registry.try_recover(a, 0.2) is None
+        assert time.monotonic() - started < 10
+    finally:
+        holder.kill()
+        registry.close()
+        unlink(a)
+
+
+def test_sample_logs_a_pool_it_cannot_read_and_samples_the_others(registry, make_name, caplog):
+    """Kills registry.py's sample 14-21 (the error's log line): a managed pool object that cannot be read
+    (closed here, as a fault elsewhere might leave it) is logged by name and reason; the rest are sampled."""
+    from fastalloc_shm import unlink
+
+    broken, fine = make_name(), make_name()
+    try:
+        registry.create(_spec(broken), exist_ok=False)
+        registry.create(_spec(fine), exist_ok=False)
+        registry._pools[broken].pool.close()
+        caplog.clear()
+        assert [s.name for s in registry.sample()] == [fine]
+        assert _logged(caplog) == [("ERROR", f"pool {broken!r} cannot be read: pool {broken!r} is closed in this "
+                                             "process; attach it again")]
+    finally:
+        registry.close()
+        unlink(broken)
+        unlink(fine)
+
+
+def test_stop_logs_a_pool_it_cannot_unlink_and_unlinks_the_others(registry, make_name, caplog):
+    """Kills registry.py's close 19-26 (the error's log line): junk under an owned pool's extent name
+    (a directory) fails its unlink; stop logs it by name and reason and goes on to the next pool."""
+    from fastalloc_shm import unlink
+    from fastalloc_shm._admin import list_pools
+
+    junk, fine = make_name(), make_name()
+    directory = f"/dev/shm/fastalloc.{junk}.x7"
+    try:
+        registry.create(_spec(junk), exist_ok=False)
+        registry.create(_spec(fine), exist_ok=False)
+        os.mkdir(directory)
+        caplog.clear()
+        registry.close()
+        assert _logged(caplog) == [("ERROR", f"pool {junk!r}: [Errno 21] Is a directory"),
+                                   ("INFO", f"pool {fine!r} unlinked")]
+        assert fine not in list_pools()
+    finally:
+        if os.path.isdir(directory):
+            os.rmdir(directory)
+        registry.close()
+        unlink(junk)
+        unlink(fine)
