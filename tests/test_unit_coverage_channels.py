@@ -225,9 +225,6 @@ def test_put_many_into_a_full_pool_waits_for_releases_then_queues_the_batch(pool
     assert len(pool) == 0
 
 
-@pytest.mark.xfail(strict=True, reason="channels.c put_many: with 1..n-1 slots free, token_wait_slice takes a "
-                   "token at once and put_many posts it back, so the wait spins holding the GIL for the whole "
-                   "timeout: another thread's release never runs (PoolExhausted), another process's burns a core")
 def test_put_many_into_a_nearly_full_pool_waits_without_spinning(pool):
     """put_many(n, timeout) with fewer than n but at least one slot free waits like the full
     case: another thread's release lets the batch in, and the wait does not burn the CPU."""

@@ -307,24 +307,36 @@ static PyObject *channel_put_many_impl(Core *c, int ch, PyObject *values, double
         goto done;
     Py_ssize_t n = b.n;
     double deadline = deadline_of(timeout < 0 ? 1e9 : timeout);
+    /* Tokens this wait holds, one per slot it saw free: kept, so that with 1..n-1 slots free the
+     * next wait sleeps until a release instead of taking the same free slot's token again (a
+     * spin). Given back before each look at the free lists, and at every end. */
+    Py_ssize_t held = 0;
     for (Py_ssize_t got = 0; n;) {
+        tokens_post(c, held);
+        held = 0;
         Putting put = {ch, b.packed, 0};
         got = take_many(c, n, n, WRITING, b.taken, put_locked, &put);
         if (got == n)
             break;
         if (got == -1)
             goto done;
-        if (timeout == 0 || monotonic_now() >= deadline) {
-            exhausted(c, n);
-            goto done;
+        while (held < n) {
+            if (timeout == 0 || monotonic_now() >= deadline) {
+                tokens_post(c, held);
+                exhausted(c, n);
+                goto done;
+            }
+            __atomic_fetch_add(&c->hdr[HDR_WAITERS], 1, __ATOMIC_SEQ_CST);
+            int waited = token_wait_slice(c, deadline);
+            __atomic_fetch_sub(&c->hdr[HDR_WAITERS], 1, __ATOMIC_SEQ_CST);
+            if (waited < 0) {
+                tokens_post(c, held);
+                goto done;
+            }
+            if (waited == 0)
+                break; /* a slice without a release: look again (the count may be low after a crash) */
+            held++;
         }
-        __atomic_fetch_add(&c->hdr[HDR_WAITERS], 1, __ATOMIC_SEQ_CST);
-        int waited = token_wait_slice(c, deadline);
-        __atomic_fetch_sub(&c->hdr[HDR_WAITERS], 1, __ATOMIC_SEQ_CST);
-        if (waited < 0)
-            goto done;
-        if (waited == 1)
-            tokens_post(c, 1); /* take_many takes the tokens with the free lists in view */
     }
     for (Py_ssize_t i = 0; i < n; i++)
         channel_wake(c, ch);
