@@ -239,7 +239,8 @@ def run_mutmut(args: argparse.Namespace) -> int:
         spec = modules[module]
         tree = work / module.replace("/", "_").removesuffix(".py")
         t0 = time.monotonic()
-        score = mutmut_module(tree, module, spec["tests"], args.max_children, args.ref, args.with_ or [])
+        selection = [*spec["tests"], *[f"--deselect={d}" for d in spec.get("deselect", [])]]
+        score = mutmut_module(tree, module, selection, args.max_children, args.ref, args.with_ or [])
         score["minutes"] = round((time.monotonic() - t0) / 60, 1)
         scores[module] = score
         scores_file.write_text(json.dumps(scores, indent=1) + "\n")
