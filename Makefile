@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-asan test-pythons check-pythons bench lint clean
+.PHONY: run test test-asan test-pythons check-pythons typecheck bench lint clean
 
 $(STAMP): pyproject.toml setup.py $(wildcard fastalloc_shm/_core/*)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,10 +18,18 @@ run: $(STAMP)
 test: $(STAMP)
 	bash tests/ensure_servers.sh
 	$(BIN)/ruff check fastalloc_shm daemon clients tests benchmarks
+	$(MAKE) --no-print-directory typecheck
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks $(BENCH_ARGS)
+
+# mypy --strict on the example programs (the files and settings: [tool.mypy] in pyproject.toml), and the
+# core's stub (fastalloc_shm/_core.pyi) against the built module: a method added, removed or re-signed
+# in _core/type.c or module.c without the stub fails here.
+typecheck: $(STAMP)
+	$(BIN)/mypy
+	$(BIN)/python -m mypy.stubtest --mypy-config-file pyproject.toml fastalloc_shm._core
 
 lint: $(STAMP)
 	$(BIN)/ruff check fastalloc_shm daemon clients tests benchmarks

@@ -21,10 +21,25 @@ import argparse
 import multiprocessing
 import os
 import time
+from typing import TypedDict
 
 from fastalloc_shm import FixedPool, attach
 
 BLOCK = 1000  # numbers per work item
+
+
+class Item(TypedDict):
+    """A work item on "todo" (None there stops a worker)."""
+
+    start: int
+
+
+class Result(TypedDict):
+    """A worker's answer on "done"."""
+
+    start: int
+    primes: int
+    pid: int
 
 
 def primes_in(start: int) -> int:
@@ -39,11 +54,12 @@ def worker(name: str) -> None:
     todo, done = pool.channel("todo"), pool.channel("done")
     while True:
         handle = todo.get_handle()  # ours until released: a crash here puts the item back
-        item = pool.get(handle)
+        item: Item | None = pool.get(handle)
         if item is None:
             pool.release(handle)
             break
-        done.put({"start": item["start"], "primes": primes_in(item["start"]), "pid": os.getpid()})
+        result: Result = {"start": item["start"], "primes": primes_in(item["start"]), "pid": os.getpid()}
+        done.put(result)
         pool.release(handle)
     pool.close()
 
@@ -62,7 +78,8 @@ def main() -> None:
         for w in workers:
             w.start()
         started = time.perf_counter()
-        results, sent = [], 0
+        results: list[Result] = []
+        sent = 0
         while len(results) < args.items:
             # Keep half the slots for results: put only while fewer than half are in flight.
             while sent < args.items and sent - len(results) < args.capacity // 2:
@@ -75,7 +92,7 @@ def main() -> None:
             w.join()
         took = time.perf_counter() - started
         assert sorted(r["start"] for r in results) == [i * BLOCK for i in range(args.items)]
-        by_worker = {}
+        by_worker: dict[int, int] = {}
         for r in results:
             by_worker[r["pid"]] = by_worker.get(r["pid"], 0) + 1
         print(f"{args.items} items done by {len(by_worker)} workers in {took:.2f} s: "

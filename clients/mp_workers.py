@@ -20,11 +20,20 @@ import multiprocessing.util
 import os
 import time
 from collections import Counter
+from typing import TypedDict
 
 from fastalloc_shm import FixedPool
 
 BLOCK = 100  # numbers per work item
-pool: FixedPool | None = None  # the worker's attachment, set by use_pool()
+pool: FixedPool  # the worker's attachment, set by use_pool()
+
+
+class Result(TypedDict):
+    """What a worker writes over its item ({"start": n}) in the item's slot."""
+
+    start: int
+    steps: int
+    pid: int
 
 
 def use_pool(shared: FixedPool) -> None:
@@ -46,9 +55,10 @@ def collatz_steps(n: int) -> int:
 
 def work(handle: int) -> int:
     """Read the item behind `handle`, write the result into the same slot."""
-    item = pool.get(handle)
-    best = max(range(item["start"], item["start"] + BLOCK), key=collatz_steps)
-    pool.set(handle, {"start": best, "steps": collatz_steps(best), "pid": os.getpid()})
+    start: int = pool.get(handle)["start"]
+    best = max(range(start, start + BLOCK), key=collatz_steps)
+    result: Result = {"start": best, "steps": collatz_steps(best), "pid": os.getpid()}
+    pool.set(handle, result)
     return handle
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Self
 
 from .config import PoolConfig
 from .errors import ConfigError, IncompatiblePool, PoolExhausted
@@ -168,7 +168,7 @@ class Pool(abc.ABC):
             " initializer to make the object; add one, or call allocate(value)"
         )
 
-    def __enter__(self) -> Any:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc_info: object) -> None:

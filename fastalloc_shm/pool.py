@@ -25,7 +25,7 @@ import secrets
 import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 import psutil
 
@@ -138,7 +138,7 @@ class SharedPool(Pool):
         trusted_uids: Iterable[int] | None = None,
         value_type: Any = None,
         **overrides: Any,
-    ) -> SharedPool:
+    ) -> Self:
         """Create the pool `name` (exclusively), or attach it when `exist_ok` and compatible.
 
         An existing pool is attached only when its owner is trusted (see `attach`) and its
@@ -179,7 +179,7 @@ class SharedPool(Pool):
         return cfg
 
     @classmethod
-    def _create_new(cls, name: str, cfg: PoolConfig, value_type: Any) -> SharedPool:
+    def _create_new(cls, name: str, cfg: PoolConfig, value_type: Any) -> Self:
         record = encode_config(cfg)
         stride = L.stride_for(cfg.slot_size, cfg.alignment)
         size = L.main_segment_size(cfg.capacity, stride, cfg.alignment)
@@ -226,7 +226,7 @@ class SharedPool(Pool):
             unlink(self._name or segment.posix_name.removeprefix("/" + _names.PREFIX))
 
     @classmethod
-    def attach(cls, name: str, *, trusted_uids: Iterable[int] | None = None, value_type: Any = None) -> SharedPool:
+    def attach(cls, name: str, *, trusted_uids: Iterable[int] | None = None, value_type: Any = None) -> Self:
         """Attach the existing pool `name` from any process.
 
         Its segments and semaphore must be owned by this process's euid, root, or a uid
