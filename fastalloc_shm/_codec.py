@@ -155,6 +155,3 @@ def unpack_error(handle: int, exc: Exception) -> SerializationError:
         return SerializationError(f"stored value of handle {handle:#x} is not of the pool's value_type ({exc}); "
                                   "set() it again")
     return SerializationError(f"stored value of handle {handle:#x} is not valid msgpack ({exc}); set() it again")
-
-
-pack_function = full_pack_function  # RedisPool's packer until it takes a Codec (issue 23's work is in flight)

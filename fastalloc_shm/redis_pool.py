@@ -38,9 +38,11 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from typing import Any
 
 import msgpack
+import msgspec
 
 from . import _callables, _codec, _names
 from ._base import Pool, build_config, check_same_config
@@ -82,6 +84,7 @@ from ._redis_scripts import (
     pool_of_meta_key,
     record_prefix,
 )
+from ._value_types import difference, schema_of
 from .config import ORPHAN_POLICIES, PoolConfig
 from .errors import (
     ConfigError,
@@ -121,8 +124,6 @@ MIN_RECORD_TTL = 60.0
 MIN_LEASE_TTL = 0.1
 
 _log = logging.getLogger(__name__)
-# Thread-safe: it runs no Python code while packing (see _codec.pack_function).
-_pack_value = _codec.pack_function()
 _open_pools: weakref.WeakSet[RedisPool] = weakref.WeakSet()
 
 
@@ -182,9 +183,11 @@ class RedisPool(Pool):
         allow_eviction: bool = False,
         reset_unimportable: bool = False,
         durability: str | None = None,
+        value_type: Any = None,
     ) -> None:
         """Private: use `RedisPool.create` or `RedisPool.attach`."""
         self._name = name
+        self._codec = _codec.Codec(value_type)
         self._url = url
         self._cluster = cluster
         self._lease_ttl = lease_ttl
@@ -229,6 +232,7 @@ class RedisPool(Pool):
         durability: str | None = None,
         username: str | None = None,
         password: str | None = None,
+        value_type: Any = None,
         **overrides: Any,
     ) -> RedisPool:
         """Create pool `name` on the server at `url` (a cluster node if `cluster`).
@@ -248,7 +252,8 @@ class RedisPool(Pool):
         that is not confirmed within the call's timeout. A server that lost acknowledged writes
         anyway (restart, failover) is noticed, and handles from before it turn StaleHandle.
         `username`/`password` log in where the url carries none; like the
-        url's, they never show in a pickle, repr, log line or error.
+        url's, they never show in a pickle, repr, log line or error. `value_type` makes a typed
+        pool, as for the shared-memory kinds.
 
         >>> pool = RedisPool.create("jobs", url="redis://cache:6379/0", capacity=10_000)  # doctest: +SKIP
         """
@@ -256,6 +261,7 @@ class RedisPool(Pool):
         _check_lease_ttl(lease_ttl)
         _check_durability(durability)
         config = build_config(capacity, slot_size, config, overrides)
+        config = replace(config, value_schema=None if value_type is None else schema_of(value_type))
         if config.capacity > INDEX_LIMIT:
             raise ConfigError(f"capacity: {config.capacity} slots is more than a pool can index ({INDEX_LIMIT})")
         conn = Connection(url, cluster, username=username, password=password)
@@ -273,17 +279,19 @@ class RedisPool(Pool):
                 raise pool_error(name, conn.address, exc) from None
             if created:
                 return cls(name, url, cluster, lease_ttl, config, conn, incarnation, creator=True,
-                           allow_eviction=allow_eviction, durability=durability)
+                           allow_eviction=allow_eviction, durability=durability, value_type=value_type)
             if not exist_ok:
                 raise PoolExistsError(
                     f"pool {name!r} already exists on Redis at {conn.address}; attach to it with"
                     " RedisPool.attach(), pass exist_ok=True, or unlink it first"
                 )
             found, incarnation, reset_unimportable = _describe(conn, name)
+            _check_value_type(name, found, value_type)
             check_same_config(f"pool {name!r} on Redis at {conn.address}", found, config,
                               "attach to it as it is (RedisPool.attach), or pick another name")
             return cls(name, url, cluster, lease_ttl, found, conn, incarnation, creator=False,
-                       allow_eviction=allow_eviction, reset_unimportable=reset_unimportable, durability=durability)
+                       allow_eviction=allow_eviction, reset_unimportable=reset_unimportable, durability=durability,
+                       value_type=value_type)
         except BaseException:
             conn.close()
             raise
@@ -300,11 +308,12 @@ class RedisPool(Pool):
         durability: str | None = None,
         username: str | None = None,
         password: str | None = None,
+        value_type: Any = None,
     ) -> RedisPool:
         """Attach to the existing pool `name` on the server at `url`; PoolNotFound if there is none,
         IncompatiblePool if it is damaged (say, its meta key was evicted). The server is checked as
         by `create` (Redis >= 7.0, maxmemory-policy noeviction unless `allow_eviction=True`);
-        `durability` as for `create`.
+        `durability` as for `create`; `value_type` as for the shared-memory kinds' attach.
 
         >>> other = RedisPool.attach("jobs", url="redis://cache:6379/0")  # doctest: +SKIP
         """
@@ -315,8 +324,10 @@ class RedisPool(Pool):
         try:
             _check_server(conn, allow_eviction, durability)
             config, incarnation, reset_unimportable = _describe(conn, name)
+            _check_value_type(name, config, value_type)
             return cls(name, url, cluster, lease_ttl, config, conn, incarnation, creator=False,
-                       allow_eviction=allow_eviction, reset_unimportable=reset_unimportable, durability=durability)
+                       allow_eviction=allow_eviction, reset_unimportable=reset_unimportable, durability=durability,
+                       value_type=value_type)
         except BaseException:
             conn.close()
             raise
@@ -524,7 +535,7 @@ class RedisPool(Pool):
         # Pickles as "attach by name": the url travels without credentials (a pickle
         # is easily logged, queued or stored); the receiver logs in with its own.
         return _attach_pickled, (self._name, public_url(self._url), self._cluster, self._lease_ttl,
-                                 self._allow_eviction, self._durability)
+                                 self._allow_eviction, self._durability, self.value_type)
 
     def __repr__(self) -> str:
         where = mask_url(self._url) + (" (cluster)" if self._cluster else "")
@@ -601,12 +612,9 @@ class RedisPool(Pool):
 
     def _pack(self, value: Any) -> bytes:
         try:
-            payload = _pack_value(value)
-        except (TypeError, ValueError, OverflowError) as exc:
-            raise SerializationError(
-                f"cannot store a {type(value).__name__} in pool {self._name!r}: msgpack says {exc};"
-                " store dicts, lists, str, bytes, ints, floats, bools or None"
-            ) from None
+            payload = self._codec.pack(value)
+        except (TypeError, ValueError, OverflowError) as exc:  # msgspec's errors are ValueErrors too
+            raise SerializationError(f"pool {self._name!r}: {_codec.pack_error(value, exc)}") from None
         if len(payload) > self._slot_size:
             raise ValueTooLarge(
                 f"value packs to {len(payload)} bytes but pool {self._name!r} has slot_size {self._slot_size};"
@@ -616,12 +624,21 @@ class RedisPool(Pool):
 
     def _unpack(self, payload: bytes, index: int) -> Any:
         try:
-            return msgpack.unpackb(payload, raw=False, strict_map_key=False)
+            return self._codec.unpack(payload)
         except Exception as exc:  # msgpack raises several types (ExtraData, FormatError, ValueError, ...)
+            if isinstance(exc, msgspec.ValidationError):
+                raise SerializationError(f"slot {index} of pool {self._name!r} holds a value not of its value_type "
+                                         f"({exc}); set() it again") from None
             raise SerializationError(
                 f"slot {index} of pool {self._name!r} holds bytes msgpack cannot read ({exc});"
                 " something other than fastalloc-shm wrote them"
             ) from None
+
+    @property
+    def value_type(self) -> Any:
+        """The type values come back as in this attachment (None: plain msgpack values)."""
+        codec = getattr(self, "_codec", None)  # None if __init__ failed half-way
+        return None if codec is None else codec.value_type
 
     def _register(self) -> int:
         """Register this process as a client of the pool and start refreshing its lease."""
@@ -730,12 +747,18 @@ def _unlink(conn: Connection | _ClosedConnection, name: str, incarnation: str) -
         raise pool_error(name, conn.address, exc) from None
 
 
+def _check_value_type(name: str, config: PoolConfig, value_type: Any) -> None:
+    """An attacher naming a type must find that type's schema recorded (as SharedPool.attach)."""
+    if value_type is not None and (wanted := schema_of(value_type)) != config.value_schema:
+        raise IncompatiblePool(f"pool {name!r}: {difference(config.value_schema, wanted)}")
+
+
 def _attach_pickled(name: str, url: str, cluster: bool, lease_ttl: float, allow_eviction: bool = False,
-                    durability: str | None = None) -> RedisPool:
+                    durability: str | None = None, value_type: Any = None) -> RedisPool:
     full_url, source = with_local_credentials(url)
     try:
         return RedisPool.attach(name, url=full_url, cluster=cluster, lease_ttl=lease_ttl,
-                                allow_eviction=allow_eviction, durability=durability)
+                                allow_eviction=allow_eviction, durability=durability, value_type=value_type)
     except RedisUnavailable as exc:
         if source is not None:
             raise

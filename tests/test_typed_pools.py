@@ -123,3 +123,20 @@ def test_the_slot_bytes_of_a_typed_value_are_plain_msgpack(pool_name):
         h = pool.allocate(Job(3, "c"))
         data = msgspec.msgpack.encode(Job(3, "c"))
         assert msgpack.unpackb(bytes(pool.buffer(h))[:len(data)]) == {"id": 3, "name": "c", "tags": []}
+
+
+def test_a_typed_redis_pool_validates_returns_its_type_and_refuses_another_schema(redis_url, pool_name):
+    """RedisPool takes value_type= too, through the same codec module."""
+    from fastalloc_shm import RedisPool
+
+    with RedisPool.create(pool_name, url=redis_url, capacity=4, value_type=Job) as pool:
+        h = pool.allocate(Job(1, "a"))
+        assert pool.get(h) == Job(1, "a") and type(pool.get(h)) is Job
+        with pytest.raises(SerializationError, match=r"\$\.id"):
+            pool.set(h, Job("x", "a"))
+        with pytest.raises(IncompatiblePool, match="field 'id' is integer in the pool, string in value_type"):
+            RedisPool.attach(pool_name, url=redis_url, value_type=JobV2)
+        plain = RedisPool.attach(pool_name, url=redis_url)
+        assert plain.get(h) == {"id": 1, "name": "a", "tags": []}
+        plain.close()
+        assert pickle.loads(pickle.dumps(pool)).value_type is Job

@@ -137,3 +137,18 @@ def test_one_codec_module_for_python_backends_agrees_with_the_core(pool):
         assert same(codec.unpack(data), msgpack_round_trip(value))
     with pytest.raises(Exception, match="tuple"):
         codec.pack({(1,): 2})
+
+
+@pytest.mark.parametrize("value", [
+    {"id": 1, "tags": ["a"], "score": 0.5, "raw": b"\x00"}, (1, (2, 3)), msgpack.ExtType(5, b"x"),
+    msgpack.Timestamp(1, 2), Name("n"), [float("nan")], {1: "int key", None: b"k"},
+], ids=repr)
+def test_redis_pool_reads_back_every_value_as_msgpack_python_does(value, redis_url, pool_name):
+    """RedisPool packs and unpacks through the same codec module (_codec.Codec)."""
+    from fastalloc_shm import RedisPool
+
+    with RedisPool.create(pool_name, url=redis_url, capacity=4, slot_size=SLOT) as pool:
+        h = pool.allocate(value)
+        assert same(pool.get(h), msgpack_round_trip(value))
+        with pytest.raises(SerializationError):
+            pool.allocate({"s": {1, 2}})
