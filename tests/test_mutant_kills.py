@@ -447,6 +447,51 @@ def test_unlink_with_id_removes_a_symlink_by_name_and_never_follows_it(pool_name
         os.unlink(target)
 
 
+def _unlink_with_id_while_the_name_changes(posix, fifo, other, change):
+    """unlink_segment_with_id(posix) with a FIFO under the name: its open waits in the kernel for a
+    writer (wait_for_partner), meanwhile the name is `change`d ("replaced" by `other`, or "removed"),
+    then a writer lets the open return. What it returned."""
+    import threading
+
+    from fastalloc_shm import _segment
+
+    path = _segment.segment_path(posix)
+    os.mkfifo(fifo)
+    os.link(fifo, path)
+    result = []
+    thread = threading.Thread(target=lambda: result.append(_segment.unlink_segment_with_id(posix)))
+    thread.start()
+    _wait_until(lambda: open(f"/proc/self/task/{thread.native_id}/wchan").read() == "wait_for_partner",
+                "the open waits for a writer")
+    if change == "replaced":
+        with open(other, "wb") as f:
+            f.write(b"another file")
+        os.replace(other, path)
+    else:
+        os.unlink(path)
+    os.close(os.open(fifo, os.O_WRONLY))  # a reader waits: this returns at once, and so does its open
+    thread.join(30)
+    return result
+
+
+def test_unlink_with_id_removes_nothing_when_the_name_changes_under_it(pool_name):
+    """Kills _segment.py's unlink_segment_with_id 16 and 17 (a name replaced, or removed, between the
+    function's open and its lstat answered "removed"), the window held open by a FIFO under the name."""
+    from fastalloc_shm import _segment
+
+    posix = f"/fastalloc.{pool_name}"
+    path = _segment.segment_path(posix)
+    fifo, other = f"/dev/shm/{pool_name}-fifo", f"/dev/shm/{pool_name}-other"
+    for change in ("replaced", "removed"):
+        try:
+            assert _unlink_with_id_while_the_name_changes(posix, fifo, other, change) == [(False, None)], change
+            assert os.path.exists(path) == (change == "replaced")  # the file now under the name is left alone
+        finally:
+            for leftover in (path, fifo, other):
+                if os.path.lexists(leftover):
+                    os.unlink(leftover)
+
+
 def test_unlink_with_id_reads_an_id_only_under_the_magic_and_only_whole(pool_name):
     """Kills _segment.py's _pool_id 16 (a header too short for the id word read past its end) and 24
     (the magic not checked: a garbage header's id word taken for a pool id)."""
