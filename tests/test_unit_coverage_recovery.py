@@ -39,5 +39,31 @@ def test_queued_or_taken_slots_of_no_channel_are_judged_corrupt_and_freed(pool_n
         rows = pool._core.slot_states()[0]["slots"]
         for h in handles:
             g, state, *_ = rows[h & 0xFFFFFFFF]
-            assert state == L.FREE and g & L.UNREADABLE  # a corrupt slot's generation restarts (at 1)
+            assert state == L.FREE and g & L.UNREADABLE  # freed, unreadable until allocated again
         assert len(pool) == 1 and todo.get(timeout=0) == "kept" and len(pool) == 0
+
+
+def test_a_corrupt_slots_generation_moves_on_so_an_old_handle_to_it_stays_stale(pool_name):
+    """A slot judged corrupt is freed with its generation moved on from what it held, not restarted
+    at 1: the handle that named it before stays StaleHandle after the slot is handed out again
+    (restarted, the next allocation could hand out a handle equal to an old one)."""
+    import pytest
+
+    from fastalloc_shm import StaleHandle
+
+    with FixedPool.create(pool_name, capacity=1) as pool:
+        for _ in range(3):  # generation 1 -> 4: far from a restart at 1
+            pool.release(pool.allocate("churn"))
+        old = pool.allocate("old")
+        mm = pool._segment.mm
+        at = meta_at(old & 0xFFFFFFFF)
+        gen, _, length, seq = struct.unpack_from("<4I", mm, at)
+        struct.pack_into("<4I", mm, at, gen | L.UNREADABLE, (L.QUEUED << L.STATE_SHIFT) | 70, length, seq)
+        assert pool.recover().corrupt_slots == 1
+        new = pool.allocate("new")
+        assert new & 0xFFFFFFFF == old & 0xFFFFFFFF and new >> 32 > old >> 32
+        with pytest.raises(StaleHandle):
+            pool.get(old)
+        # What the earlier churn did to a generation-1 handle: stale too, not the new value.
+        with pytest.raises(StaleHandle):
+            pool.get((1 << 32) | (old & 0xFFFFFFFF))

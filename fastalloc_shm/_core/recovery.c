@@ -33,8 +33,7 @@ static int judge_slot(Core *c, const uint32_t *m, uint64_t cur, int reclaim, sig
         || (st == QUEUED && (owner >= MAX_CHANNELS || !channel_in_use(c, (int)owner)))
         || (state_is_taken(st) && !channel_in_use(c, (int)(st - TAKEN)))) {
         found[T_CORRUPT]++;
-        verdict = SLOT_FREE;
-        g = 0;
+        verdict = SLOT_FREE; /* its generation moves on from what it held: a handle to it goes stale */
     } else if (st == QUEUED) {
         found[T_IN_USE]++;
         verdict = SLOT_QUEUED;
