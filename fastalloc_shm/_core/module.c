@@ -169,32 +169,47 @@ static int module_add(PyObject *m, const char *name, PyObject *obj)
     return rc;
 }
 
-static int add_tables(PyObject *m)
-{
-    PyObject *layout = PyDict_New();
-    if (module_add(m, "LAYOUT", Py_XNewRef(layout)) < 0) {
-        Py_XDECREF(layout);
-        return -1;
-    }
-    Py_DECREF(layout); /* the module holds it */
-#define X_EXPORT(name, value) \
-    if (add_int(layout, #name, (unsigned long long)(value)) < 0) \
-        return -1;
+/* The names Python reads from the core (_layout.py, _messages.py): one table each, so a name
+ * is exported by one line of its X-macro and one loop adds them all. */
+typedef struct {
+    const char *name;
+    unsigned long long value;
+} Exported;
+
+static const Exported layout_exports[] = {
+#define X_EXPORT(name, value) {#name, (unsigned long long)(value)},
     LAYOUT_ITEMS(X_EXPORT)
 #undef X_EXPORT
-    if (add_int(layout, "MAGIC", MAGIC) < 0 || add_int(layout, "MUTEX_SIZE", sizeof(pthread_mutex_t)) < 0)
-        return -1;
-    PyObject *codes = PyDict_New();
-    if (module_add(m, "ERRORS", Py_XNewRef(codes)) < 0) {
-        Py_XDECREF(codes);
-        return -1;
-    }
-    Py_DECREF(codes); /* the module holds it */
-#define X_CODE(id, value, name) \
-    if (add_int(codes, name, value) < 0) \
-        return -1;
+    {"MAGIC", MAGIC},
+    {"MUTEX_SIZE", sizeof(pthread_mutex_t)},
+};
+
+static const Exported error_exports[] = {
+#define X_CODE(id, value, name) {name, (unsigned long long)(value)},
     ERROR_CODES(X_CODE)
 #undef X_CODE
+};
+
+/* A new dict of `items`, added to the module as `name`. */
+static int add_table(PyObject *m, const char *name, const Exported *items, size_t n)
+{
+    PyObject *dict = PyDict_New();
+    if (module_add(m, name, Py_XNewRef(dict)) < 0) {
+        Py_XDECREF(dict);
+        return -1;
+    }
+    Py_DECREF(dict); /* the module holds it */
+    for (size_t i = 0; i < n; i++)
+        if (add_int(dict, items[i].name, items[i].value) < 0)
+            return -1;
+    return 0;
+}
+
+static int add_tables(PyObject *m)
+{
+    if (add_table(m, "LAYOUT", layout_exports, sizeof layout_exports / sizeof *layout_exports) < 0 ||
+        add_table(m, "ERRORS", error_exports, sizeof error_exports / sizeof *error_exports) < 0)
+        return -1;
     PyObject *points = PyTuple_New(F_COUNT - 1);
     if (!points)
         return -1;
