@@ -5,6 +5,8 @@ its name attaches and allocates, reads and releases msgpack values through
 integer handles. `RedisPool` runs the same API on Redis across hosts.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from . import handle
 from .channel import Channel
 from .config import GrowthStrategy, PoolConfig
@@ -30,8 +32,11 @@ from .stats import ChannelStatistics, PoolStatistics
 from .threadlocal import ThreadLocalPool
 from .threadsafe import ThreadSafePool
 
+if TYPE_CHECKING:  # for type checkers only: at run time RedisPool loads on first use (below)
+    from .redis_pool import RedisPool
 
-def __getattr__(name: str):
+
+def __getattr__(name: str) -> Any:
     # RedisPool loads on first use: importing redis-py costs ~80 ms and ~10 MB,
     # which shared-memory users (every worker process) should not pay.
     if name == "RedisPool":
