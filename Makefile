@@ -35,7 +35,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check fastalloc_shm daemon clients tests benchmarks
 
 clean:
-	rm -rf $(VENV) $(foreach v,$(PYTHONS),.venv-$(v)) build *.egg-info
+	rm -rf $(VENV) $(foreach v,$(PYTHONS),.venv-$(v)) $(REDIS_PY5) build *.egg-info
 
 # Every supported Python besides the one of .venv (requires-python, the classifiers): the core's and
 # the contract's tests again in .venv-<version>, each with the project installed (the core compiles
@@ -61,6 +61,22 @@ check-pythons:
 	  echo "Python $(PYTHONS_MISSING) not found (looked in $(PYENV_ROOT)/versions and on PATH);" \
 	    "install it, e.g. pyenv install $(firstword $(PYTHONS_MISSING))"; \
 	  if [ "$$CI" = true ]; then exit 1; fi; echo "skipping it here (CI fails)"; fi
+
+# RedisPool on the oldest redis-py major the project allows (5.x; pyproject: redis>=5.0): its cluster
+# client retries a timed-out command on its own unless the pool keeps it from doing so, which the
+# once-only, epoch and resharding tests catch. The main venv has the newest redis-py.
+REDIS_PY5 := .venv-redis-py5
+REDIS_PY5_TESTS := tests/test_redis_request_ids.py tests/test_redis_resharding.py tests/test_redis_epochs.py
+.PHONY: test-redis-py5
+test-redis-py5: $(REDIS_PY5)/.installed
+	$(REDIS_PY5)/bin/python -c "import redis; print('== redis-py', redis.__version__)"
+	$(REDIS_PY5)/bin/python -m pytest -q -p no:cacheprovider $(REDIS_PY5_TESTS)
+
+$(REDIS_PY5)/.installed: pyproject.toml setup.py $(wildcard fastalloc_shm/_core/*)
+	test -x $(REDIS_PY5)/bin/python || $(PYTHON) -m venv $(REDIS_PY5)
+	$(REDIS_PY5)/bin/python -m pip install --quiet --upgrade pip
+	$(REDIS_PY5)/bin/python -m pip install --quiet -e '.[test,redis]' 'redis>=5.0,<6'
+	touch $@
 
 .venv-%/.installed: pyproject.toml setup.py $(wildcard fastalloc_shm/_core/*)
 	@test -n "$(call find_python,$*)" || { echo "Python $* not found"; exit 1; }
