@@ -55,6 +55,7 @@ def test_a_release_waits_for_a_setter_in_another_process_then_frees_the_slot(tmp
         finally:
             setter.kill()
         assert state_of(pool, h) == L.FREE
+        assert h & 0xFFFFFFFF in pool._core.slot_states()[0]["free_list"], "freed but not on the free list"
         assert pool._core.cached == cached, "a slot a setter held went into the magazine"
         assert pool._core.semaphore_value == tokens + 1
         with pytest.raises(StaleHandle):
