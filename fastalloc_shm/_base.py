@@ -14,7 +14,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar
 
 from .config import PoolConfig
 from .errors import ConfigError, IncompatiblePool, PoolExhausted
@@ -23,7 +23,18 @@ NOTHING: Any = object()
 """A slot's previous value when it holds none (never used, or unreadable)."""
 
 
-class Pool(abc.ABC):
+# The type of a pool's values: its value_type for a typed pool (`FixedPool[Job]`), else Any. The
+# default (PEP 696) makes a plain `FixedPool.create(...)` a FixedPool[Any] under mypy --strict; only
+# type checkers read it (they bring typing_extensions), so the package does not depend on it.
+if TYPE_CHECKING:
+    from typing_extensions import TypeVar
+
+    V = TypeVar("V", default=Any)
+else:
+    V = TypeVar("V")
+
+
+class Pool(abc.ABC, Generic[V]):
     """The pool API every backend offers (see DESIGN.md); the shared parts are implemented here."""
 
     _name = ""
@@ -32,15 +43,15 @@ class Pool(abc.ABC):
     # -- the primitives (each backend's own) ---------------------------------------------
 
     @abc.abstractmethod
-    def allocate(self, value: Any, timeout: float | None = None) -> int:
+    def allocate(self, value: V, timeout: float | None = None) -> int:
         """Store `value` in a free slot and return its handle (PoolExhausted when full)."""
 
     @abc.abstractmethod
-    def get(self, handle: int) -> Any:
+    def get(self, handle: int) -> V:
         """The value stored under `handle` (a fresh Python object)."""
 
     @abc.abstractmethod
-    def set(self, handle: int, value: Any) -> None:
+    def set(self, handle: int, value: V) -> None:
         """Replace the value under `handle` in place."""
 
     @abc.abstractmethod
@@ -48,7 +59,7 @@ class Pool(abc.ABC):
         """Give the slot back; `handle` is stale from now on."""
 
     @abc.abstractmethod
-    def allocate_many(self, values: Iterable[Any]) -> list[int]:
+    def allocate_many(self, values: Iterable[V]) -> list[int]:
         """Allocate one slot per value in one step; all or nothing."""
 
     @abc.abstractmethod
@@ -98,14 +109,14 @@ class Pool(abc.ABC):
 
     # -- built on them --------------------------------------------------------------------
 
-    def try_allocate(self, value: Any, timeout: float | None = None) -> int | None:
+    def try_allocate(self, value: V, timeout: float | None = None) -> int | None:
         """Like allocate(), but None instead of PoolExhausted."""
         try:
             return self.allocate(value, timeout=timeout)
         except PoolExhausted:
             return None
 
-    async def allocate_async(self, value: Any, timeout: float | None = None) -> int:
+    async def allocate_async(self, value: V, timeout: float | None = None) -> int:
         """`allocate` for asyncio: waits up to `timeout` s for a released slot (None: does not
         wait, as `allocate`) without blocking the event loop.
 
@@ -116,7 +127,7 @@ class Pool(abc.ABC):
         return await retry_until(lambda: self.allocate(value, 0), PoolExhausted, 0 if timeout is None else timeout)
 
     @contextmanager
-    def borrowed(self, value: Any) -> Iterator[int]:
+    def borrowed(self, value: V) -> Iterator[int]:
         """Allocate `value` for the duration of a with-block; released on exit.
 
         >>> with pool.borrowed({"job": 7}) as h:  # doctest: +SKIP

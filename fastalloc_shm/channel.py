@@ -20,9 +20,10 @@ from __future__ import annotations
 import threading
 import weakref
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Generic, Protocol
 
 from . import _names
+from ._base import V
 from .errors import ChannelEmpty
 
 if TYPE_CHECKING:
@@ -44,7 +45,7 @@ class _ChannelPool(Protocol):
 _WAKE_SLICE = 0.05
 
 
-class Channel:
+class Channel(Generic[V]):
     """A named FIFO of pool `pool`'s slots. Get one with `pool.channel(name)`."""
 
     def __init__(self, pool: _ChannelPool, name: str, number: int) -> None:
@@ -77,19 +78,19 @@ class Channel:
 
     # -- values ---------------------------------------------------------------------------
 
-    def put(self, value: Any, timeout: float | None = None) -> None:
+    def put(self, value: V, timeout: float | None = None) -> None:
         """Allocate a slot for `value` and queue it (waits for a free slot as `queue.Queue.put`)."""
         self._core().channel_put(self._number, value, timeout)
 
-    def get(self, timeout: float | None = None) -> Any:
+    def get(self, timeout: float | None = None) -> V:
         """Wait for an item, read it and release its slot; ChannelEmpty when `timeout` runs out."""
         return self._core().channel_get(self._number, timeout)
 
-    def put_many(self, values: Iterable[Any], timeout: float | None = None) -> None:
+    def put_many(self, values: Iterable[V], timeout: float | None = None) -> None:
         """Queue every value under one lock acquisition once their slots are free; all or nothing."""
         self._core().channel_put_many(self._number, values, timeout)
 
-    def get_many(self, max_items: int, timeout: float | None = None) -> list[Any]:
+    def get_many(self, max_items: int, timeout: float | None = None) -> list[V]:
         """Wait for at least one item, then take up to `max_items` under one lock acquisition."""
         return self._core().channel_get_many(self._number, max_items, timeout)
 
@@ -111,7 +112,7 @@ class Channel:
 
     # -- asyncio ------------------------------------------------------------------------------
 
-    async def get_async(self, timeout: float | None = None) -> Any:
+    async def get_async(self, timeout: float | None = None) -> V:
         """`get` for asyncio: never blocks the event loop, costs no thread per waiting task.
 
         A cancelled wait takes no item (it is taken only when the task runs)."""
@@ -120,7 +121,7 @@ class Channel:
     async def get_handle_async(self, timeout: float | None = None) -> int:
         return await self._await(lambda: self.get_handle(0), timeout)
 
-    async def put_async(self, value: Any, timeout: float | None = None) -> None:
+    async def put_async(self, value: V, timeout: float | None = None) -> None:
         """`put` for asyncio: waits for a free slot without blocking the event loop."""
         from ._async import retry_until
         from .errors import PoolExhausted

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from . import _layout as L
+from ._base import V
 from .config import GrowthStrategy, PoolConfig
 from .pool import KindPolicy, SharedPool
 
 DEFAULT_GROWTH = GrowthStrategy.exponential(2.0)
 
 
-class GrowingPool(SharedPool):
+class GrowingPool(SharedPool[V]):
     """A pool that grows when full, by adding shared-memory extents.
 
     Growth is serialized across processes, so two processes that find the pool

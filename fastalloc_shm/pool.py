@@ -25,14 +25,14 @@ import secrets
 import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, Self, overload
 
 import psutil
 
 from . import _callables, _codec, _core, _names, _trust
 from . import _layout as L
 from . import _segment as seg
-from ._base import NOTHING, Pool, build_config, check_same_config
+from ._base import NOTHING, Pool, V, build_config, check_same_config
 from ._growth import Grower
 from ._header import HalfCreated, encode_config, open_ready, write_header
 from ._messages import PoolErrors
@@ -102,7 +102,7 @@ class KindPolicy:
 _KINDS: dict[str, type[SharedPool]] = {}
 
 
-class SharedPool(Pool):
+class SharedPool(Pool[V]):
     """What every shared-memory pool kind shares; use FixedPool, GrowingPool,
     ThreadLocalPool or ThreadSafePool."""
 
@@ -345,7 +345,7 @@ class SharedPool(Pool):
 
     # -- the operations (the core's callables stand in for these while open) ------
 
-    def allocate(self, value: Any, timeout: float | None = None) -> int:
+    def allocate(self, value: V, timeout: float | None = None) -> int:
         """Store `value` in a free slot and return its handle (PoolExhausted when full,
         or after waiting up to `timeout` s for a release).
 
@@ -354,12 +354,12 @@ class SharedPool(Pool):
         self._check_open()
         raise FastallocError(f"pool {self._name!r} did not open")
 
-    def get(self, handle: int) -> Any:
+    def get(self, handle: int) -> V:
         """The value stored under `handle` (a fresh Python object)."""
         self._check_open()
         raise FastallocError(f"pool {self._name!r} did not open")
 
-    def set(self, handle: int, value: Any) -> None:
+    def set(self, handle: int, value: V) -> None:
         """Replace the value under `handle` in place (readers see old or new, never a mix)."""
         self._check_open()
         raise FastallocError(f"pool {self._name!r} did not open")
@@ -369,7 +369,7 @@ class SharedPool(Pool):
         self._check_open()
         raise FastallocError(f"pool {self._name!r} did not open")
 
-    def allocate_many(self, values: Iterable[Any]) -> list[int]:
+    def allocate_many(self, values: Iterable[V]) -> list[int]:
         """Allocate one slot per value under a single lock acquisition; all or nothing."""
         self._check_open()
         raise FastallocError(f"pool {self._name!r} did not open")
@@ -489,7 +489,7 @@ class SharedPool(Pool):
 
     # -- buffers, lifetime ------------------------------------------------------------------
 
-    def channel(self, name: str) -> Channel:
+    def channel(self, name: str) -> Channel[V]:
         """The pool's channel `name` (created if the pool has none of that name; up to 64 per pool).
 
         >>> todo = pool.channel("todo"); todo.put({"id": 1}); todo.get()  # doctest: +SKIP
@@ -544,7 +544,7 @@ class SharedPool(Pool):
             pass
 
 
-class FixedPool(SharedPool):
+class FixedPool(SharedPool[V]):
     """A pool with a fixed number of slots: one lock round trip per allocate/release.
 
     >>> with FixedPool.create("jobs", capacity=100, slot_size=128) as pool:  # doctest: +SKIP
@@ -555,7 +555,15 @@ class FixedPool(SharedPool):
     _policy = KindPolicy(L.KIND_FIXED, may_grow=False)
 
 
-def attach(name: str, *, trusted_uids: Iterable[int] | None = None, value_type: Any = None) -> SharedPool:
+@overload
+def attach(name: str, *, trusted_uids: Iterable[int] | None = None, value_type: type[V]) -> SharedPool[V]: ...
+
+
+@overload
+def attach(name: str, *, trusted_uids: Iterable[int] | None = None, value_type: None = None) -> SharedPool[Any]: ...
+
+
+def attach(name: str, *, trusted_uids: Iterable[int] | None = None, value_type: Any = None) -> SharedPool[Any]:
     """Attach the pool `name` as the class its header records (owner check, value_type: see SharedPool.attach).
 
     >>> pool = attach("jobs")  # doctest: +SKIP

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from . import _layout as L
+from ._base import V
 from .pool import KindPolicy, SharedPool
 
 
-class ThreadLocalPool(SharedPool):
+class ThreadLocalPool(SharedPool[V]):
     """A pool where each process allocates from a private magazine of free slots.
 
     The magazine is refilled from the shared free lists `batch_size` slots at a

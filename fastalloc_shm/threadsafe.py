@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from . import _layout as L
+from ._base import V
 from .pool import KindPolicy, SharedPool
 
 
-class ThreadSafePool(SharedPool):
+class ThreadSafePool(SharedPool[V]):
     """A pool for heavy contention from many threads and processes.
 
     Same layout and operations as FixedPool (or GrowingPool, when given a

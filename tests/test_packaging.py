@@ -104,7 +104,11 @@ def test_the_installed_wheel_runs_a_round_trip_outside_the_checkout(venv, pool_n
 
 
 USER_CODE = """
+import msgspec
 from fastalloc_shm import FixedPool, PoolStatistics, attach
+
+class Job(msgspec.Struct):
+    id: int
 
 def count(name: str) -> int:
     with FixedPool.create(name, capacity=4) as pool:
@@ -113,17 +117,26 @@ def count(name: str) -> int:
         stats: PoolStatistics = pool.statistics()
         reveal_type(pool.get(handle))
         return stats.current_usage + handle
+
+def typed(name: str) -> int:
+    jobs = FixedPool[Job].create(name, capacity=4, value_type=Job)
+    handle = jobs.allocate(Job(1))
+    reveal_type(jobs.get(handle))
+    reveal_type(jobs.channel("todo").get())
+    reveal_type(attach(name, value_type=Job).get(handle))
+    return jobs.get(handle).id
 """
 
 
 def test_a_users_mypy_reads_the_installed_packages_types(venv, tmp_path):
     """mypy --strict on code that uses the installed wheel: py.typed makes the package typed (no
-    "missing library stubs or py.typed marker"), and create() returns the class it was called on."""
+    "missing library stubs or py.typed marker"), create() returns the class it was called on, a
+    plain pool's values are Any, and a typed pool's (FixedPool[Job], attach(value_type=Job)) are Job."""
     (tmp_path / "user.py").write_text(textwrap.dedent(USER_CODE))
     out = subprocess.run([sys.executable, "-m", "mypy", "--strict", "--no-incremental", "--python-executable", str(venv),
                           "user.py"], cwd=tmp_path, env=CLEAN_ENV, capture_output=True, text=True, timeout=300)
-    assert 'Revealed type is "fastalloc_shm.pool.FixedPool"' in out.stdout, out.stdout
-    # Values are Any until typed pools (value_type=) make the pool generic in its value type.
+    assert 'Revealed type is "fastalloc_shm.pool.FixedPool[Any]"' in out.stdout, out.stdout
     assert 'Revealed type is "Any"' in out.stdout, out.stdout
+    assert out.stdout.count('Revealed type is "user.Job"') == 3, out.stdout
     errors = [line for line in out.stdout.splitlines() if ": error:" in line]
     assert not errors, out.stdout
