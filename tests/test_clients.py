@@ -51,6 +51,13 @@ def test_mp_workers_process_every_item_and_remove_the_pool(name):
     assert not pool_exists(name)
 
 
+def test_typed_jobs_refuses_a_wrong_shape_and_returns_jobs_to_every_worker(name):
+    out = run_client("typed_jobs.py", "--name", name, "--workers", "2", "--jobs", "300")
+    assert "refused: cannot store dict: not a value of the pool's value_type" in out and "$.id" in out
+    assert re.search(r"300 jobs done by [12] workers, 92,304,000 pixels", out), out
+    assert not pool_exists(name) and not pool_exists(name + "-done")
+
+
 def test_channel_workers_get_every_item_through_the_pool_and_remove_it(name):
     out = run_client("channel_workers.py", "--name", name, "--workers", "2", "--items", "300", "--capacity", "32")
     assert "300 items done by" in out and "62 primes below" not in out
