@@ -113,3 +113,39 @@ def test_allocate_many_takes_from_its_own_magazine_when_the_free_lists_run_short
         for h in [first, *many]:
             pool.release(h)
         assert len(pool) == 0
+
+
+def test_two_releases_waiting_on_a_setter_free_the_slot_once(tmp_path, pool_name):
+    """Two threads release the same handle while another process's set() holds it: both wait on
+    the lock; when the setter finishes exactly one release frees the slot and the other is
+    StaleHandle (its claim after the wait fails), the slot on the free list once."""
+    with ThreadLocalPool.create(pool_name, capacity=16, batch_size=2, lock_timeout=20) as pool:
+        h = pool.allocate("mine")
+        tokens = pool._core.semaphore_value
+        setter = Holder(tmp_path, pool_name, "stop", script=SETTER.format(handle=h), point="set.writing")
+        outcomes: list = []
+
+        def release() -> None:
+            try:
+                pool.release(h)
+                outcomes.append("freed")
+            except StaleHandle:
+                outcomes.append("stale")
+            except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+                outcomes.append(repr(exc))
+
+        threads = [threading.Thread(target=release) for _ in range(2)]
+        try:
+            for t in threads:
+                t.start()
+            time.sleep(0.5)  # both threads asleep on the lock (each wait is a timed lock, the GIL released)
+            setter.resume()
+            for t in threads:
+                t.join(30)
+            setter.proc.communicate(timeout=30)
+        finally:
+            setter.kill()
+        assert sorted(outcomes) == ["freed", "stale"]
+        free_list = pool._core.slot_states()[0]["free_list"]
+        assert free_list.count(h & 0xFFFFFFFF) == 1
+        assert pool._core.semaphore_value == tokens + 1 and len(pool) == 0
