@@ -1591,3 +1591,148 @@ def test_stop_logs_a_pool_it_cannot_unlink_and_unlinks_the_others(registry, make
         registry.close()
         unlink(junk)
         unlink(fine)
+
+
+# ---- mutmut: fastalloc_shm/redis_pool.py (against a real redis-server) ----
+
+
+def test_a_redis_pools_timeouts_and_refusals_say_what_they_got(redis_url, pool_name):
+    """Kills redis_pool.py's _check_timeout 2 (a bool accepted), 6 (0 refused), 11 (its message made None),
+    buffer 2, 3 (its message) and _custom_growth 3-6 (the message of a growth function an attacher cannot
+    import)."""
+    from fastalloc_shm import ConfigError, GrowthStrategy, RedisPool
+    from fastalloc_shm._redis_errors import SharedMemoryOnly
+
+    with RedisPool.create(pool_name, url=redis_url, capacity=1, growth_strategy=GrowthStrategy.custom(
+            lambda capacity: 1)) as pool:
+        with pytest.raises(ValueError) as raised:
+            pool.allocate("x", timeout=True)
+        assert str(raised.value) == "timeout: seconds, finite and >= 0 (or None), got True"
+        handle = pool.allocate("x", timeout=0)
+        with pytest.raises(SharedMemoryOnly) as raised:
+            pool.buffer(handle)
+        assert str(raised.value) == (
+            f"buffer(): pool {pool_name!r} is a RedisPool; its values live on the Redis server, so there are no raw"
+            " bytes to map here. Use get()/set(), or a shared-memory pool (FixedPool) for zero-copy access")
+        with RedisPool.attach(pool_name, url=redis_url) as other:
+            with pytest.raises(ConfigError) as raised:
+                other.allocate("y")
+            assert str(raised.value).endswith(
+                " this process (it was a lambda or local function); give a module-level function or"
+                " 'module:qualname' when creating the pool")
+
+
+def _redis_version(port, **credentials):
+    import redis
+
+    client = redis.Redis(host="127.0.0.1", port=port, **credentials)
+    try:
+        return client.info("server")["redis_version"]
+    finally:
+        client.close()
+
+
+def test_a_redis_attach_and_a_pickle_keep_what_they_are_given(pool_name, monkeypatch):
+    """Kills redis_pool.py's attach 2, 16, 19, 34, 45 (allow_eviction lost or defaulted on the way), 9, 10,
+    13, 14 (username or password lost), 5, 17, 20 (durability not checked, or not against the server),
+    _attach_pickled 1, 8, 14 (a pickle's allow_eviction lost), 16, 17 (the hint when a receiver has no
+    credentials) and _describe 10, 11 (a missing pool's error without its name or address): against a
+    redis-server that may evict keys and admits only user alice."""
+    import pickle
+
+    from fastalloc_shm import ConfigError, PoolNotFound, RedisPool
+    from fastalloc_shm._redis_connection import AUTH_ENV, URL_ENV
+    from fastalloc_shm._redis_errors import RedisUnavailable
+
+    from .redis_servers import redis_server
+
+    monkeypatch.delenv(URL_ENV, raising=False)
+    monkeypatch.delenv(AUTH_ENV, raising=False)
+    with redis_server("--maxmemory-policy", "allkeys-lru", "--user", "alice", "on", ">secret", "~*", "&*", "+@all",
+                      "--user", "default", "off") as server:
+        url = f"redis://127.0.0.1:{server.port}/0"
+        alice = {"username": "alice", "password": "secret"}
+        with RedisPool.create(pool_name, url=url, capacity=2, allow_eviction=True, **alice) as pool:
+            with pytest.raises(ConfigError, match=r"^maxmemory-policy: Redis at 127\.0\.0\.1:\d+ runs with "
+                                                  r"maxmemory-policy allkeys-lru, so under memory pressure"):
+                RedisPool.attach(pool_name, url=url, **alice)
+            with RedisPool.attach(pool_name, url=url, allow_eviction=True, **alice) as other:
+                handle = other.allocate("x")
+                assert pool.get(handle) == "x"
+                other.release(handle)
+                blob = pickle.dumps(other)  # an attacher's pickle: its allow_eviction must travel too
+            with pytest.raises(ConfigError, match=r"^durability: expected None, 'aof' or 'replicas:N'"):
+                RedisPool.attach(pool_name, url=url, allow_eviction=True, durability="sometimes", **alice)
+            if tuple(map(int, _redis_version(server.port, **alice).split(".")[:2])) < (7, 2):  # no WAITAOF
+                with pytest.raises(ConfigError, match=r"^durability: 'aof' waits with WAITAOF, which Redis at "):
+                    RedisPool.attach(pool_name, url=url, allow_eviction=True, durability="aof", **alice)
+            with pytest.raises(PoolNotFound) as raised:
+                RedisPool.attach(pool_name + "-none", url=url, allow_eviction=True, **alice)
+            assert f"{pool_name + '-none'!r}" in str(raised.value) and f"127.0.0.1:{server.port}" in str(raised.value)
+            with pytest.raises(RedisUnavailable) as raised:
+                pickle.loads(blob)  # no credentials in the pickle, none in this process
+            assert str(raised.value).endswith(
+                f". A pickled RedisPool carries no credentials and this process has none of its own: set {URL_ENV}="
+                f"redis://user:password@host:port/db or {AUTH_ENV}=password in its environment")
+            monkeypatch.setenv(URL_ENV, f"redis://alice:secret@127.0.0.1:{server.port}/0")
+            with pickle.loads(blob) as clone:  # its allow_eviction travelled with it
+                assert clone.get(clone.allocate("y")) == "y"
+
+
+def _new_list():
+    return []
+
+
+def _unchanged(value):
+    return value
+
+
+def test_an_attacher_of_a_redis_pool_whose_reset_functions_were_lambdas_says_so(redis_url, pool_name):
+    """Kills redis_pool.py's _reset_callables 2-5 (the refusal inverted or its message lost), _describe 31-37
+    and attach 35, 46 (the record's unimportable reset not seen or not passed on): the creator's lambdas
+    run in the creator; an attacher cannot import them and says why on its first acquire; a pool with
+    importable reset functions (or none) is not refused."""
+    from fastalloc_shm import ConfigError, RedisPool
+
+    with RedisPool.create(pool_name, url=redis_url, capacity=2, reset=(lambda: [], lambda v: v)) as pool:
+        pool.release(pool.acquire())
+        with RedisPool.attach(pool_name, url=redis_url) as other:
+            with pytest.raises(ConfigError) as raised:
+                other.acquire()
+            assert str(raised.value) == (
+                f"reset: pool {pool_name!r} was created with reset functions that cannot be imported in this"
+                " process (a lambda or local function); give module-level functions or 'module:qualname' strings")
+    with RedisPool.create(pool_name, url=redis_url, capacity=2, reset=(_new_list, _unchanged)):
+        with RedisPool.attach(pool_name, url=redis_url) as other:
+            handle = other.acquire()  # importable: run here
+            assert other.get(handle) == []
+            other.release(handle)
+
+
+def test_list_pools_skips_what_is_not_a_pools_meta_key_and_attach_names_a_damaged_record(redis_url, pool_name):
+    """Kills redis_pool.py's list_pools 12, 13 (a key name that is not UTF-8 read with an unknown error
+    handler), 14 (a meta key that names no pool taken for one) and _describe 28-30 (the message of a config
+    record this version cannot read)."""
+    import redis
+
+    from fastalloc_shm import IncompatiblePool, RedisPool
+    from fastalloc_shm._redis_scripts import LAYOUT, pool_keys
+    from fastalloc_shm.redis_pool import list_pools
+
+    raw = redis.Redis.from_url(redis_url)
+    odd = [b"{fastalloc.\xff" + pool_name.encode() + b"}:meta", b"{fastalloc.}:meta"]  # not UTF-8; no name
+    try:
+        for key in odd:
+            raw.hset(key, "layout", LAYOUT)
+        with RedisPool.create(pool_name, url=redis_url, capacity=1):
+            names = list_pools(redis_url)
+            assert pool_name in names and "\ufffd" + pool_name in names and "" not in names
+            raw.hset(pool_keys(pool_name)[0], "config", b"\xc1")  # no msgpack
+            with pytest.raises(IncompatiblePool) as raised:
+                RedisPool.attach(pool_name, url=redis_url)
+            assert str(raised.value).startswith(f"pool {pool_name!r} on Redis at ")
+            assert " has a config record this version cannot read (" in str(raised.value)
+            assert str(raised.value).endswith("); unlink the pool and create it again")
+    finally:
+        raw.delete(*odd)
+        raw.close()
