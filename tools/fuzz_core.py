@@ -236,7 +236,6 @@ def child(name: str, argv: list[str]) -> None:  # noqa: C901 - one harness, read
     from fastalloc_shm import FastallocError, GrowingPool, GrowthStrategy, _codec, _core, _names
     from fastalloc_shm import _layout as L
     from fastalloc_shm._messages import PoolErrors
-    from fastalloc_shm.pool import _unpack
 
     assert Path(_core.__file__).parent == PACKAGE, f"not the instrumented core: {_core.__file__}"
     # attach() waits up to 5 s for a creator that is alive (this process, as the header may say) to
@@ -309,7 +308,7 @@ def child(name: str, argv: list[str]) -> None:  # noqa: C901 - one harness, read
 
     ticks = fastalloc_shm.pool.start_ticks(os.getpid())
     uid = os.getuid()
-    pack = _codec.pack_function()
+    codec = _codec.Codec()  # both codecs: msgspec's for plain values, msgpack-python's for the rest
     prefix = _names.extent_prefix(name)
     WEIRD = [-1, 0, 1 << 63, (1 << 64) - 1, 1 << 64, 1 << 100, "h", None, 1.5, True, b"\x00" * 8]
 
@@ -412,15 +411,15 @@ def child(name: str, argv: list[str]) -> None:  # noqa: C901 - one harness, read
                 elif op == 16:
                     index, _previous = core.take_slot()
                     if fdp.ConsumeBool():
-                        mine.append(core.publish_slot(index, pack(value(fdp))))
+                        mine.append(core.publish_slot(index, codec.pack(value(fdp))))
                     else:
                         core.unwind_slot(index)
                 elif op == 17:
-                    core.publish_slot(fdp.ConsumeIntInRange(0, 20), pack("x"))
+                    core.publish_slot(fdp.ConsumeIntInRange(0, 20), codec.pack("x"))
                 elif op == 18:
                     core.unwind_slot(fdp.ConsumeIntInRange(0, 20))
                 elif op == 19:
-                    core.pre_initialize(pack(value(fdp)))
+                    core.pre_initialize(codec.pack(value(fdp)))
                 elif op == 20:
                     for view in views:
                         view.release()
@@ -464,7 +463,7 @@ def child(name: str, argv: list[str]) -> None:  # noqa: C901 - one harness, read
         try:
             core = _core.Core(
                 main, sem_name, seg_path, prefix, main_uid=uid, kind=kind, lock_timeout=0.01, batch=batch,
-                errors=PoolErrors(name, cfg, described), pack=pack, unpack=_unpack, grow=Grow(fdp.ConsumeInt(2)),
+                errors=PoolErrors(name, cfg, described), **codec.core_arguments(), grow=Grow(fdp.ConsumeInt(2)),
                 start_ticks=ticks, creating=False, trusted=(), reclaim=fdp.ConsumeBool())
         except TYPED:
             return
