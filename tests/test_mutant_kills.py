@@ -1736,3 +1736,41 @@ def test_list_pools_skips_what_is_not_a_pools_meta_key_and_attach_names_a_damage
     finally:
         raw.delete(*odd)
         raw.close()
+
+
+def test_a_redis_pools_errors_name_the_pool_and_the_slot(redis_url, pool_name):
+    """Kills redis_pool.py's _once 10 (a stale handle's error without the pool's name), _unpack 9-11 and
+    get 4 (the message of a slot holding bytes msgpack cannot read, and its index), __repr__ 14, 19 (an
+    attacher's and a closed pool's repr)."""
+    import redis
+
+    from fastalloc_shm import RedisPool, StaleHandle
+    from fastalloc_shm._redis_scripts import pool_keys
+    from fastalloc_shm.errors import SerializationError
+    from fastalloc_shm.handle import unpack
+
+    with RedisPool.create(pool_name, url=redis_url, capacity=2) as pool:
+        handle = pool.allocate("x")
+        index, generation = unpack(handle)
+        pool.release(handle)
+        with pytest.raises(StaleHandle) as raised:
+            pool.release(handle)
+        assert str(raised.value).startswith(f"handle {handle} of pool {pool_name!r} is stale: slot {index} ")
+        handle = pool.allocate("y")
+        index, _ = unpack(handle)
+        raw = redis.Redis.from_url(redis_url)
+        try:
+            raw.hset(pool_keys(pool_name)[4], str(index), b"\xc1")  # no msgpack
+        finally:
+            raw.close()
+        with pytest.raises(SerializationError) as raised:
+            pool.get(handle)
+        assert str(raised.value).startswith(f"slot {index} of pool {pool_name!r} holds bytes msgpack cannot read (")
+        assert str(raised.value).endswith("); something other than fastalloc-shm wrote them")
+        other = RedisPool.attach(pool_name, url=redis_url)
+        other.allocate("its own")  # registered, with a lease
+        assert repr(other) == f"<RedisPool {pool_name!r} at {redis_url}, slot_size={other.slot_size}, attached>"
+        pool.unlink()
+        other.close()  # its goodbye finds no pool: no error
+        assert repr(other) == (f"<RedisPool {pool_name!r} at {redis_url}, slot_size={other.slot_size}, attached,"
+                               " closed>")
