@@ -30,6 +30,16 @@ def release_later(pool_name: str, handle: int, delay: float) -> subprocess.Popen
     return subprocess.Popen([sys.executable, "-c", code])
 
 
+def while_another_process_releases(pool, delay: float, coroutine) -> tuple[object, int]:
+    """Hold the full pool's one slot, have another process release it after `delay` s, and run
+    `coroutine` meanwhile: its result and the ticks of a 1 ms ticker beside it."""
+    releaser = release_later(pool.name, pool.allocate("held"), delay)
+    try:
+        return asyncio.run(ticking_while(coroutine))
+    finally:
+        assert releaser.wait(30) == 0
+
+
 async def ticking_while(awaitable) -> tuple[object, int]:
     """The awaitable's result and how often a 1 ms ticker ran meanwhile (0 if the loop was blocked)."""
     ticks = 0
@@ -50,12 +60,7 @@ async def ticking_while(awaitable) -> tuple[object, int]:
 @pytest.mark.parametrize("kind", [FixedPool, ThreadLocalPool], ids=lambda k: k.__name__)
 def test_a_waiting_allocate_async_gets_the_slot_another_process_releases(kind, pool_name):
     with kind.create(pool_name, capacity=1, slot_size=64) as pool:
-        held = pool.allocate("held")
-        releaser = release_later(pool_name, held, 0.3)
-        try:
-            handle, ticks = asyncio.run(ticking_while(pool.allocate_async("new", timeout=30)))
-        finally:
-            assert releaser.wait(30) == 0
+        handle, ticks = while_another_process_releases(pool, 0.3, pool.allocate_async("new", timeout=30))
         assert pool.get(handle) == "new" and len(pool) == 1
         assert ticks >= 50  # the loop ran its ticker through the 0.3 s wait
 
@@ -106,12 +111,7 @@ def test_a_cancelled_allocate_async_or_put_async_takes_no_slot(pool_name):
 def test_put_async_waits_for_a_slot_then_queues_the_item(pool_name):
     with FixedPool.create(pool_name, capacity=1, slot_size=64) as pool:
         todo = pool.channel("todo")
-        held = pool.allocate("held")
-        releaser = release_later(pool_name, held, 0.2)
-        try:
-            _, ticks = asyncio.run(ticking_while(todo.put_async("queued", timeout=30)))
-        finally:
-            assert releaser.wait(30) == 0
+        _, ticks = while_another_process_releases(pool, 0.2, todo.put_async("queued", timeout=30))
         assert ticks >= 30 and todo.get(0) == "queued"
         with attach(pool_name) as other:
             assert len(other) == 0
