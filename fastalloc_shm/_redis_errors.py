@@ -98,6 +98,11 @@ def pool_error(name: str, where: str, exc: ScriptError) -> FastallocError:
             f"pool {name!r} is full ({in_use}/{capacity} slots in use{more}){ceiling}; release slots, or create"
             " it with a larger capacity or max_capacity and a growth strategy"
         )
+    if code == "CHANNELS":
+        return FastallocError(
+            f"pool {name!r} on Redis at {where} has {fields[0]} channels, the most a pool can have; reuse one"
+            " (a channel is opened by name), or use another pool"
+        )
     if code == "NOPOOL":
         return PoolNotFound(
             f"no pool {name!r} on Redis at {where} (never created there, or unlinked); create it with"

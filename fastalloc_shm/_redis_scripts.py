@@ -18,6 +18,14 @@ Keys (the tag is written T):
     T:owned     hash  client id -> number of slots it owns
     T:clients   set   ids of clients that registered and may own slots
     T:lease:ID  string, expiring after the client's lease_ttl unless refreshed
+    T:chan      hash  the channels (`_redis_channel`): =NAME -> number, #count, and per number N:
+                      N:name, N:puts, N:gets, N:requeued, N:epoch
+    T:chan:N    list  channel N's queued slot indices, head first (a queued slot has no owner)
+    T:chan:N:wake     list  tokens a put leaves for consumers waiting (BLPOP) on channel N
+    T:chan:N:waiters  zset  waiting consumers -> when their wait ends (ms, server clock)
+    T:taken     hash  index -> "client generation N": who took the slot from channel N (get_handle);
+                      valid while that client owns the slot at that generation (stale entries are
+                      overwritten by the slot's next taking, or dropped by a requeue walk)
 
 `incarnation` is a random number written at creation and passed by clients
 as ARGV[1] of every script: a client still attached to a pool that was
@@ -64,6 +72,18 @@ def pool_keys(name: str) -> list[str]:
 def record_prefix(name: str) -> str:
     """The start of the request-record keys of pool `name` (one per client thread, see _ONCE)."""
     return f"{TAG_PREFIX}{name}}}:req:"
+
+
+def channel_keys(name: str) -> list[str]:
+    """The keys every channel script receives after the pool's: the channel table, the taken slots."""
+    tag = TAG_PREFIX + name + "}"
+    return [f"{tag}:chan", f"{tag}:taken"]
+
+
+def queue_keys(name: str, number: int) -> list[str]:
+    """Channel `number`'s own keys: its items, its wake-up tokens, its waiting consumers."""
+    tag = TAG_PREFIX + name + "}"
+    return [f"{tag}:chan:{number}", f"{tag}:chan:{number}:wake", f"{tag}:chan:{number}:waiters"]
 
 
 def lease_key(name: str, client: int | str) -> str:
@@ -210,6 +230,69 @@ end
     "@INDEX_LIMIT@", str(INDEX_LIMIT)
 )
 
+_CLAIM = """
+-- Take n slots, growing the pool as its config says: returns their indices and the capacity, or
+-- the error reply (and nil) when they are not there; a refused request changes nothing but
+-- counters. Counts them in use; the caller gives them an owner (or a channel) and their data.
+-- grow_from/grow_by: a custom growth amount the client computed, and from which capacity (-1: none).
+local function claim(n, grow_from, grow_by)
+  local m = redis.call('HMGET', META, 'layout', 'incarnation', 'capacity', 'hwm', 'max_capacity', 'growth',
+    'growth_value', 'in_use', 'peak', 'total_allocations')
+  local bad = not_a_pool(m[1], m[2])
+  if bad then return bad end
+  local cap, hwm, limit = tonumber(m[3]), tonumber(m[4]), tonumber(m[5])
+  if limit < 0 or limit > INDEX_LIMIT then limit = INDEX_LIMIT end
+  local free = redis.call('LLEN', FREE)
+  local short = n - free - (cap - hwm)
+  if short > 0 then
+    -- Grow only when the whole request fits at max_capacity: a refused batch changes nothing.
+    if limit - cap < short then
+      redis.call('HINCRBY', META, 'allocation_failures', n)
+      return fail('EXHAUSTED', cap, m[8], n, limit)
+    end
+    local kind, value, grown, need_amount = m[6], tonumber(m[7]), 0, false
+    while short > 0 do
+      local add = 0
+      if kind == 'linear' then
+        add = value
+      elseif kind == 'exponential' then
+        add = math.max(1, math.floor(cap * value) - cap)
+      elseif kind == 'custom' then
+        -- The client computed fn(grow_from); it applies only if nobody grew the pool since.
+        if grow_from ~= cap then
+          need_amount = true
+          break
+        end
+        add, grow_from = grow_by, -1
+      end
+      add = math.min(add, limit - cap)
+      if add <= 0 then break end
+      cap, short, grown = cap + add, short - add, grown + 1
+    end
+    if grown > 0 then
+      redis.call('HSET', META, 'capacity', cap)
+      redis.call('HINCRBY', META, 'growth_count', grown)
+    end
+    if need_amount then return fail('GROW', cap) end
+    if short > 0 then
+      redis.call('HINCRBY', META, 'allocation_failures', n)
+      return fail('EXHAUSTED', cap, m[8], n, limit)
+    end
+  end
+  local idx = {}
+  if free > 0 then idx = redis.call('RPOP', FREE, math.min(n, free)) end
+  for k = #idx + 1, n do
+    idx[k] = hwm
+    hwm = hwm + 1
+  end
+  local in_use = tonumber(m[8]) + n
+  redis.call('HSET', META, 'hwm', hwm, 'in_use', in_use, 'peak', math.max(tonumber(m[9]), in_use),
+    'total_allocations', tonumber(m[10]) + n)
+  return idx, cap
+end
+"""
+
+
 # A mutating script's last key is its caller's record key (a "lane": one per client thread) and
 # its last argument the request id, "<record ttl ms>/<sequence>". Before acting, the script looks
 # for a record of that request: if the call already ran (its reply was lost to a timeout, a dropped
@@ -231,9 +314,10 @@ return reply
 """
 
 
-def _once(name: str, flags: str, body: str) -> Script:
-    """A mutating script that runs once per request id (see _ONCE)."""
-    return Script(name, _lua(flags) + _PRELUDE + "local function body()\n" + body + "end\n"
+def _once(name: str, flags: str, body: str, helpers: str = "") -> Script:
+    """A mutating script that runs once per request id (see _ONCE); `helpers`: Lua functions it uses
+    beyond the prelude's."""
+    return Script(name, _lua(flags) + _PRELUDE + helpers + "local function body()\n" + body + "end\n"
                   + _ONCE.replace("@KIND@", name), once=True)
 
 
@@ -304,56 +388,8 @@ return 1
 # Returns {capacity, index1, generation1, ...[, previous payloads...]}.
 ALLOCATE = _once("allocate", "", """
 local client, n = ARGV[2], tonumber(ARGV[3])
-local grow_from, grow_by = tonumber(ARGV[4]), tonumber(ARGV[5])
-local m = redis.call('HMGET', META, 'layout', 'incarnation', 'capacity', 'hwm', 'max_capacity', 'growth',
-  'growth_value', 'in_use', 'peak', 'total_allocations')
-local bad = not_a_pool(m[1], m[2])
-if bad then return bad end
-local cap, hwm, limit = tonumber(m[3]), tonumber(m[4]), tonumber(m[5])
-if limit < 0 or limit > INDEX_LIMIT then limit = INDEX_LIMIT end
-local free = redis.call('LLEN', FREE)
-local short = n - free - (cap - hwm)
-if short > 0 then
-  -- Grow only when the whole request fits at max_capacity: a refused batch changes nothing.
-  if limit - cap < short then
-    redis.call('HINCRBY', META, 'allocation_failures', n)
-    return fail('EXHAUSTED', cap, m[8], n, limit)
-  end
-  local kind, value, grown, need_amount = m[6], tonumber(m[7]), 0, false
-  while short > 0 do
-    local add = 0
-    if kind == 'linear' then
-      add = value
-    elseif kind == 'exponential' then
-      add = math.max(1, math.floor(cap * value) - cap)
-    elseif kind == 'custom' then
-      -- The client computed fn(grow_from); it applies only if nobody grew the pool since.
-      if grow_from ~= cap then
-        need_amount = true
-        break
-      end
-      add, grow_from = grow_by, -1
-    end
-    add = math.min(add, limit - cap)
-    if add <= 0 then break end
-    cap, short, grown = cap + add, short - add, grown + 1
-  end
-  if grown > 0 then
-    redis.call('HSET', META, 'capacity', cap)
-    redis.call('HINCRBY', META, 'growth_count', grown)
-  end
-  if need_amount then return fail('GROW', cap) end
-  if short > 0 then
-    redis.call('HINCRBY', META, 'allocation_failures', n)
-    return fail('EXHAUSTED', cap, m[8], n, limit)
-  end
-end
-local idx = {}
-if free > 0 then idx = redis.call('RPOP', FREE, math.min(n, free)) end
-for k = #idx + 1, n do
-  idx[k] = hwm
-  hwm = hwm + 1
-end
+local idx, cap = claim(n, tonumber(ARGV[4]), tonumber(ARGV[5]))
+if not cap then return idx end
 local gens, floor = batched('HMGET', GEN, idx, CHUNK), floor_of()
 local owner_args, reply = {}, {cap}
 for k = 1, n do
@@ -370,11 +406,8 @@ else
   local previous = batched('HMGET', DATA, idx, CHUNK)
   for k = 1, n do reply[#reply + 1] = previous[k] end
 end
-local in_use = tonumber(m[8]) + n
-redis.call('HSET', META, 'hwm', hwm, 'in_use', in_use, 'peak', math.max(tonumber(m[9]), in_use),
-  'total_allocations', tonumber(m[10]) + n)
 return reply
-""")
+""", _CLAIM)
 
 # ARGV[2...]: index1, generation1, index2, generation2, ... All are checked before
 # any is freed: one bad handle releases nothing. Returns the count released.
@@ -611,3 +644,247 @@ end
 redis.call('HSET', META, 'run', run, 'replid', replid, 'seen', now)
 return {epoch, lost and 1 or 0}
 """.replace("@MARGIN@", str(EPOCH_MARGIN)))
+
+
+# -- channels (see _redis_channel) ----------------------------------------------------------------
+
+# Channels a pool can have, as in shared memory.
+MAX_CHANNELS = 64
+
+# Every channel script gets the pool's keys, then KEYS[8] the channel table and KEYS[9] the taken
+# slots, then (but CHANNEL_OPEN) the keys of one or more channels, three each (queue_keys).
+_CHANNELS = """
+local CHANNELS, TAKEN = KEYS[8], KEYS[9]
+local MAX_CHANNELS = @MAX_CHANNELS@
+-- Wake tokens nobody took vanish after this long (ms): they only cost a waiter a spurious wake-up.
+local WAKE_TTL = 10000
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- Is channel ch's content of the pool's current epoch? After the server lost writes (NEW_EPOCH
+-- freed every slot), what a channel still lists names slots that are no longer its own.
+local function is_current(ch)
+  return (redis.call('HGET', CHANNELS, ch .. ':epoch') or '0') == (redis.call('HGET', META, 'epoch') or '0')
+end
+
+-- Empty channel ch if the server lost writes since it was last used (see is_current).
+local function make_current(ch, list, wake, waiters)
+  if not is_current(ch) then
+    redis.call('DEL', list, wake, waiters)
+    redis.call('HSET', CHANNELS, ch .. ':epoch', redis.call('HGET', META, 'epoch') or '0')
+  end
+end
+
+-- After `count` items arrived: leave a token for each consumer waiting (up to count), minus the
+-- tokens already there. A consumer registers as waiting in the same script that found the
+-- channel empty, so no put falls between its look and its wait: no wake-up is lost.
+local function wake_waiters(count, wake, waiters)
+  if redis.call('ZCARD', waiters) == 0 then return end
+  local want = math.min(count, redis.call('ZCOUNT', waiters, now_ms(), '+inf')) - redis.call('LLEN', wake)
+  if want <= 0 then return end
+  local tokens = {}
+  for k = 1, want do tokens[k] = 1 end
+  batched('RPUSH', wake, tokens, CHUNK)
+  redis.call('PEXPIRE', wake, WAKE_TTL)
+end
+
+-- The slot's next generation (its old handles turn stale), kept below the epoch's ceiling.
+local function bump(i, g)
+  local next_g = next_generation(g, floor_of())
+  redis.call('HSET', GEN, i, next_g)
+  if next_g > (tonumber(redis.call('HGET', META, 'max_gen')) or 1) then redis.call('HSET', META, 'max_gen', next_g) end
+  return next_g
+end
+
+-- Slot i leaves its owner (a client) to be queued.
+local function disown(i)
+  local owner = redis.call('HGET', OWNER, i)
+  redis.call('HDEL', OWNER, i)
+  if owner and redis.call('HINCRBY', OWNED, owner, -1) <= 0 then redis.call('HDEL', OWNED, owner) end
+end
+""".replace("@MAX_CHANNELS@", str(MAX_CHANNELS))
+
+
+def _channel_once(name: str, flags: str, body: str) -> Script:
+    return _once(name, flags, body, _CHANNELS)
+
+
+# ARGV[2]: the channel's name. Returns its number (a new one if the pool had none of that name).
+CHANNEL_OPEN = _channel_once("channel_open", "", """
+local m = redis.call('HMGET', META, 'layout', 'incarnation', 'epoch')
+local bad = not_a_pool(m[1], m[2])
+if bad then return bad end
+local found = redis.call('HGET', CHANNELS, '=' .. ARGV[2])
+if found then return tonumber(found) end
+local count = tonumber(redis.call('HGET', CHANNELS, '#count')) or 0
+if count >= MAX_CHANNELS then return fail('CHANNELS', count) end
+redis.call('HSET', CHANNELS, '=' .. ARGV[2], count, '#count', count + 1, count .. ':name', ARGV[2],
+  count .. ':puts', 0, count .. ':gets', 0, count .. ':requeued', 0, count .. ':epoch', m[3] or '0')
+return count
+""")
+
+# KEYS[10..12]: the channel's. ARGV[2...]: channel number, count n, capacity the custom growth
+# amount was computed from (-1: none), that amount, then n payloads. Takes n free slots (all or
+# none, growing as allocate does), stores the payloads, queues the slots at the tail. Returns n.
+CHANNEL_PUT = _once("channel_put", "", """
+local LIST, WAKE, WAITERS = KEYS[10], KEYS[11], KEYS[12]
+local ch, n = ARGV[2], tonumber(ARGV[3])
+local idx, cap = claim(n, tonumber(ARGV[4]), tonumber(ARGV[5]))
+if not cap then return idx end
+make_current(ch, LIST, WAKE, WAITERS)
+local data_args = {}
+for k = 1, n do data_args[2 * k - 1], data_args[2 * k] = idx[k], ARGV[5 + k] end
+batched('HSET', DATA, data_args, 2 * CHUNK)
+batched('RPUSH', LIST, idx, CHUNK)
+redis.call('HINCRBY', CHANNELS, ch .. ':puts', n)
+wake_waiters(n, WAKE, WAITERS)
+return n
+""", _CHANNELS + _CLAIM)
+
+# KEYS[10..12]: the channel's. ARGV[2...]: channel number, index, generation. Queues an allocated
+# slot (zero copy) at the tail under its next generation: the handle given is stale from now on.
+CHANNEL_PUT_HANDLE = _channel_once("channel_put_handle", "", """
+local LIST, WAKE, WAITERS = KEYS[10], KEYS[11], KEYS[12]
+local ch, i = ARGV[2], ARGV[3]
+local bad = check_handle(i, ARGV[4])
+if bad then return bad end
+make_current(ch, LIST, WAKE, WAITERS)
+bump(i, tonumber(ARGV[4]))
+disown(i)
+redis.call('RPUSH', LIST, i)
+redis.call('HINCRBY', CHANNELS, ch .. ':puts', 1)
+wake_waiters(1, WAKE, WAITERS)
+return 1
+""")
+
+# KEYS[10..12]: the channel's. ARGV[2...]: channel number, most items to take, 'value' or 'handle',
+# client id, waiter ('' none), its wait in ms. Takes up to that many items from the head:
+# 'value' reads and frees their slots and returns the payloads; 'handle' hands the slots to the
+# client (recorded in TAKEN, for a requeue if its lease expires) and returns {index, generation,
+# ...}. Finding none, returns {} and registers the waiter, if any, as waiting that long.
+CHANNEL_GET = _channel_once("channel_get", ALLOW_OOM, """
+local LIST, WAKE, WAITERS = KEYS[10], KEYS[11], KEYS[12]
+local ch, most, client, waiter = ARGV[2], tonumber(ARGV[3]), ARGV[5], ARGV[6]
+local m = redis.call('HMGET', META, 'layout', 'incarnation', 'in_use', 'total_deallocations')
+local bad = not_a_pool(m[1], m[2])
+if bad then return bad end
+make_current(ch, LIST, WAKE, WAITERS)
+local idx = redis.call('LPOP', LIST, most)
+if not idx then
+  if waiter ~= '' then
+    local now = now_ms()
+    redis.call('ZREMRANGEBYSCORE', WAITERS, '-inf', now)
+    redis.call('ZADD', WAITERS, now + tonumber(ARGV[7]), waiter)
+  end
+  return {}
+end
+if waiter ~= '' then redis.call('ZREM', WAITERS, waiter) end
+local n = #idx
+redis.call('HINCRBY', CHANNELS, ch .. ':gets', n)
+local gens = batched('HMGET', GEN, idx, CHUNK)
+if ARGV[4] == 'value' then
+  local payloads = batched('HMGET', DATA, idx, CHUNK)
+  free_slots(idx, gens)
+  redis.call('HSET', META, 'in_use', tonumber(m[3]) - n, 'total_deallocations', tonumber(m[4]) + n)
+  return payloads
+end
+local floor, reply, owner_args, taken_args = floor_of(), {}, {}, {}
+for k = 1, n do
+  local g = tonumber(gens[k]) or floor
+  reply[2 * k - 1], reply[2 * k] = tonumber(idx[k]), g
+  owner_args[2 * k - 1], owner_args[2 * k] = idx[k], client
+  taken_args[2 * k - 1], taken_args[2 * k] = idx[k], client .. ' ' .. g .. ' ' .. ch
+end
+batched('HSET', OWNER, owner_args, 2 * CHUNK)
+batched('HSET', TAKEN, taken_args, 2 * CHUNK)
+redis.call('HINCRBY', OWNED, client, n)
+return reply
+""")
+
+# KEYS[10..12]: the channel's. ARGV[2...]: channel number, waiter, its wait in ms. For a waiter
+# that takes nothing itself (an asyncio loop's helper): the channel's length if it has items,
+# else 0, registering the waiter. Safe to send again as it is.
+CHANNEL_WAIT = Script("channel_wait", _lua() + _PRELUDE + _CHANNELS + """
+local LIST, WAKE, WAITERS = KEYS[10], KEYS[11], KEYS[12]
+local m = redis.call('HMGET', META, 'layout', 'incarnation')
+local bad = not_a_pool(m[1], m[2])
+if bad then return bad end
+make_current(ARGV[2], LIST, WAKE, WAITERS)
+local length = redis.call('LLEN', LIST)
+if length > 0 then return length end
+local now = now_ms()
+redis.call('ZREMRANGEBYSCORE', WAITERS, '-inf', now)
+redis.call('ZADD', WAITERS, now + tonumber(ARGV[4]), ARGV[3])
+return 0
+""")
+
+# KEYS[10...]: three per channel of ARGV[2...] (channel numbers). Returns per channel
+# {length, puts, gets, requeued, waiting}, flattened.
+CHANNEL_STATISTICS = Script("channel_statistics", _lua(READ) + _PRELUDE + _CHANNELS + """
+local m = redis.call('HMGET', META, 'layout', 'incarnation')
+local bad = not_a_pool(m[1], m[2])
+if bad then return bad end
+local out, now = {}, now_ms()
+for k = 2, #ARGV do
+  local ch, base = ARGV[k], 10 + 3 * (k - 2)
+  local c = redis.call('HMGET', CHANNELS, ch .. ':puts', ch .. ':gets', ch .. ':requeued')
+  local length = 0
+  if is_current(ch) then length = redis.call('LLEN', KEYS[base]) end
+  for _, v in ipairs({length, tonumber(c[1]) or 0, tonumber(c[2]) or 0, tonumber(c[3]) or 0,
+                      redis.call('ZCOUNT', KEYS[base + 2], now, '+inf')}) do out[#out + 1] = v end
+end
+return out
+""")
+
+# ARGV[2...]: channel numbers (KEYS[10...]: three per channel). Zeroes their counters.
+CHANNEL_RESET_STATISTICS = Script("channel_reset_statistics", _lua() + _PRELUDE + _CHANNELS + """
+local m = redis.call('HMGET', META, 'layout', 'incarnation')
+local bad = not_a_pool(m[1], m[2])
+if bad then return bad end
+for k = 2, #ARGV do
+  redis.call('HSET', CHANNELS, ARGV[k] .. ':puts', 0, ARGV[k] .. ':gets', 0, ARGV[k] .. ':requeued', 0)
+end
+return 1
+""")
+
+# One step of a requeue: puts the slots that clients whose lease expired took from a channel
+# (get_handle) and still own back at the head of that channel, among the next ~STEP entries of
+# TAKEN (HSCAN from cursor ARGV[2]); drops the entries that no longer hold (released, put on).
+# ARGV[3]: the number of channels (KEYS[10...]: three per channel, in number order, then the
+# leases of the clients in ARGV[4...]). Returns {next cursor, slots requeued}.
+CHANNEL_REQUEUE = _channel_once("channel_requeue", ALLOW_OOM, """
+local m = redis.call('HMGET', META, 'layout', 'incarnation')
+local bad = not_a_pool(m[1], m[2])
+if bad then return bad end
+local channels, dead = tonumber(ARGV[3]), {}
+for k = 4, #ARGV - 1 do
+  if redis.call('EXISTS', KEYS[10 + 3 * channels + k - 4]) == 0 then dead[ARGV[k]] = true end
+end
+local scan = redis.call('HSCAN', TAKEN, ARGV[2], 'COUNT', STEP)
+local flat, floor, requeued, gone = scan[2], floor_of(), 0, {}
+for k = 1, #flat, 2 do
+  local i = flat[k]
+  local client, g, ch = string.match(flat[k + 1], '^(%S+) (%d+) (%d+)$')
+  g, ch = tonumber(g), tonumber(ch)
+  local holds = client and g >= floor and redis.call('HGET', OWNER, i) == client
+    and (tonumber(redis.call('HGET', GEN, i)) or floor) == g
+  if not holds then
+    gone[#gone + 1] = i
+  elseif dead[client] and ch < channels then  -- (a channel opened since the caller counted: next walk)
+    local base = 10 + 3 * ch
+    make_current(ch, KEYS[base], KEYS[base + 1], KEYS[base + 2])
+    bump(i, g)
+    disown(i)
+    redis.call('LPUSH', KEYS[base], i)
+    redis.call('HINCRBY', CHANNELS, ch .. ':requeued', 1)
+    wake_waiters(1, KEYS[base + 1], KEYS[base + 2])
+    gone[#gone + 1] = i
+    requeued = requeued + 1
+  end
+end
+if #gone > 0 then batched('HDEL', TAKEN, gone, CHUNK) end
+return {scan[1], requeued}
+""")

@@ -46,6 +46,8 @@ import msgspec
 
 from . import _callables, _codec, _names
 from ._base import Pool, build_config, check_same_config
+from ._redis_channel import STATISTICS_FIELDS as CHANNEL_FIELDS
+from ._redis_channel import RedisChannel
 from ._redis_connection import AUTH_ENV, URL_ENV, Connection, mask_url, public_url, with_local_credentials
 from ._redis_errors import (
     RedisNotDurable,
@@ -60,6 +62,10 @@ from ._redis_errors import (
 from ._redis_scripts import (
     ABANDON,
     ALLOCATE,
+    CHANNEL_OPEN,
+    CHANNEL_REQUEUE,
+    CHANNEL_RESET_STATISTICS,
+    CHANNEL_STATISTICS,
     CREATE,
     DESCRIBE,
     GET,
@@ -79,12 +85,15 @@ from ._redis_scripts import (
     TOUCH,
     UNLINK,
     Script,
+    channel_keys,
     lease_key,
     pool_keys,
     pool_of_meta_key,
+    queue_keys,
     record_prefix,
 )
 from ._value_types import difference, schema_of
+from .channel import validate_name as validate_channel_name
 from .config import ORPHAN_POLICIES, PoolConfig
 from .errors import (
     ConfigError,
@@ -97,7 +106,7 @@ from .errors import (
 )
 from .handle import INDEX_BITS, INDEX_MASK, unpack
 from .report import RecoveryReport
-from .stats import PoolStatistics
+from .stats import ChannelStatistics, PoolStatistics
 
 __all__ = [
     "RedisPool",
@@ -410,6 +419,18 @@ class RedisPool(Pool):
         with contextlib.suppress(FastallocError):
             self.release(slot)
 
+    def channel(self, name: str) -> RedisChannel[Any]:
+        """The pool's channel `name` on the server (created if the pool has none of that name; up to 64
+        per pool): the shared-memory Channel's API and semantics, from any host. An item a consumer took
+        with get_handle goes back to the head of its channel once the consumer's lease expires.
+
+        >>> todo = pool.channel("todo"); todo.put({"id": 1}); todo.get()  # doctest: +SKIP
+        {'id': 1}
+        """
+        self._check_open()
+        name = validate_channel_name(name)
+        return RedisChannel(self, name, int(self._once(CHANNEL_OPEN, [name], channel_keys(self._name)[:1])))
+
     def buffer(self, handle: int) -> memoryview:
         """Shared-memory pools only: raises SharedMemoryOnly."""
         self._check_open()
@@ -433,13 +454,27 @@ class RedisPool(Pool):
             allocation_failures=values["allocation_failures"],
             growth_count=values["growth_count"],
             recoveries=values["recoveries"],
+            channels=self._channel_statistics(),
         )
+
+    def _channel_statistics(self) -> dict[str, ChannelStatistics]:
+        numbers = range(_channel_count(self._conn, self._name))
+        if not numbers:
+            return {}
+        names = self._command("HMGET", channel_keys(self._name)[0], *(f"{n}:name" for n in numbers))
+        values = self._run(CHANNEL_STATISTICS, numbers, _all_channel_keys(self._name, len(numbers)))
+        width = len(CHANNEL_FIELDS)
+        return {name.decode(): ChannelStatistics(**dict(zip(CHANNEL_FIELDS, values[n * width:(n + 1) * width],
+                                                            strict=True)))
+                for n, name in zip(numbers, names, strict=True)}
 
     def reset_statistics(self) -> None:
         """Zero every counter, as the crate's reset does; capacity and current usage stay true and
         the peak restarts at the current usage."""
         self._check_open()
         self._run(RESET_STATISTICS, ())
+        if count := _channel_count(self._conn, self._name):
+            self._run(CHANNEL_RESET_STATISTICS, range(count), _all_channel_keys(self._name, count))
 
     def recover(self, orphan_policy: str | None = None) -> RecoveryReport:
         """Act on slots owned by clients whose lease expired (the client died or lost the server).
@@ -455,6 +490,9 @@ class RedisPool(Pool):
         # The script can only touch keys it is given, so the leases to check are named first;
         # a client registering meanwhile is alive anyway.
         clients = sorted(int(c) for c in self._command("SMEMBERS", self._keys[6]))
+        # First the items dead consumers took from channels: back at the head, not kept or freed.
+        requeued = _requeue(self._conn, self._name, self._incarnation, clients, self._lane(),
+                            lambda: f"{self._record_ms}/{next(self._requests)}")
         leases = [lease_key(self._name, c) for c in clients]
         kept, reclaimed, *dead = self._run(RECOVER, (policy, *clients), leases)
         if policy == "reclaim" and dead:
@@ -473,6 +511,7 @@ class RedisPool(Pool):
             dead_clients=tuple(sorted(int(c) for c in dead)),
             orphans_kept=kept,
             orphans_reclaimed=reclaimed,
+            requeued=requeued,
         )
 
     def __len__(self) -> int:
@@ -742,7 +781,8 @@ def _unlink(conn: Connection | _ClosedConnection, name: str, incarnation: str) -
         clients = conn.command("SMEMBERS", keys[6])
         leases = [lease_key(name, client.decode()) for client in clients]
         records = [key.decode() for key in conn.scan(record_prefix(name) + "*", kind="string")]
-        return bool(conn.run(UNLINK, [*keys, *leases, *records], (incarnation,)))
+        channels = [*channel_keys(name), *_all_channel_keys(name, _channel_count(conn, name))[2:]]
+        return bool(conn.run(UNLINK, [*keys, *leases, *records, *channels], (incarnation,)))
     except ScriptError as exc:
         raise pool_error(name, conn.address, exc) from None
 
@@ -781,6 +821,10 @@ def _keep_lease(
     killed before they could say goodbye), so the registry holds the live clients, those that died
     within one lease period, and the dead that own slots (for recover())."""
     refreshes = 0
+    # The requeue steps' record key and request ids: this thread's own (see _redis_scripts._ONCE).
+    lane = f"{record_prefix(name)}{secrets.token_hex(6)}:lease"
+    requests = itertools.count(1)
+    record_ms = round(1000 * max(3 * interval, MIN_RECORD_TTL))
     while not stop.wait(interval):
         try:
             if not conn.run(TOUCH, keys, args):
@@ -789,18 +833,52 @@ def _keep_lease(
                 _settle(conn, keys[:-1], args[0], abandoned)
             refreshes += 1
             if refreshes % _PRUNE_EVERY == 0 and not stop.is_set():
-                _prune(conn, name, keys[:-1], args[0])
+                _prune(conn, name, keys[:-1], args[0], lane, lambda: f"{record_ms}/{next(requests)}")
         except ScriptError:
             return
         except FastallocError as exc:
             _log.warning("fastalloc-shm: lease refresh failed, retrying in %.2f s: %s", interval, exc)
 
 
-def _prune(conn: Connection, name: str, keys: list[str], incarnation: str) -> None:
-    """Unregister the clients of pool `name` whose lease expired and who own no slot (RECOVER, keeping)."""
+def _prune(conn: Connection, name: str, keys: list[str], incarnation: str, lane: str,
+           request: Callable[[], str]) -> None:
+    """Put the items that clients of pool `name` whose lease expired took from channels back at their
+    heads, then unregister those that own no slot (RECOVER, keeping)."""
     clients = sorted(int(c) for c in conn.command("SMEMBERS", keys[6]))
     if clients:
+        _requeue(conn, name, incarnation, clients, lane, request)
         conn.run(RECOVER, [*keys, *(lease_key(name, c) for c in clients)], (incarnation, "keep", *clients))
+
+
+def _channel_count(conn: Connection | _ClosedConnection, name: str) -> int:
+    """How many channels pool `name` has (one round trip)."""
+    return int(conn.command("HGET", channel_keys(name)[0], "#count") or 0)
+
+
+def _all_channel_keys(name: str, count: int) -> list[str]:
+    """The channel table, the taken slots, then the keys of channels 0..count-1 (queue_keys)."""
+    return [*channel_keys(name), *(key for number in range(count) for key in queue_keys(name, number))]
+
+
+def _requeue(conn: Connection, name: str, incarnation: str, clients: list[int], lane: str,
+             request: Callable[[], str]) -> int:
+    """Put the slots that clients of `clients` whose lease expired took from channels of pool `name`
+    (get_handle) and still hold back at the head of their channels, by cursor (CHANNEL_REQUEUE
+    steps); the count put back. `lane`/`request`: the caller's record key and request ids."""
+    count = _channel_count(conn, name) if clients else 0
+    if not count:
+        return 0
+    keys = [*pool_keys(name), *_all_channel_keys(name, count), *(lease_key(name, c) for c in clients), lane]
+    cursor: Any = 0
+    total = 0
+    while True:
+        try:
+            cursor, moved = conn.run(CHANNEL_REQUEUE, keys, (incarnation, cursor, count, *clients, request()))
+        except ScriptError as exc:
+            raise pool_error(name, conn.address, exc) from None
+        total += moved
+        if int(cursor) == 0:
+            return total
 
 
 def _settle(conn: Connection, keys: list[str], incarnation: str, abandoned: list[tuple[str, str]]) -> None:
