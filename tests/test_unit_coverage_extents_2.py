@@ -12,6 +12,7 @@ each refusal once the forged word is put back.
 from __future__ import annotations
 
 import mmap
+import os
 import struct
 
 import pytest
@@ -19,6 +20,7 @@ import pytest
 from fastalloc_shm import FastallocError, attach
 from fastalloc_shm import _layout as L
 
+from . import requirements
 from .test_unit_coverage_type import core_arguments, fresh_core  # noqa: F401 - core_arguments is a fixture
 from .test_unit_extents import edit_extent, grown, header, put  # noqa: F401 - grown is a fixture
 
@@ -88,3 +90,49 @@ def test_a_core_refuses_a_buffer_shorter_than_the_header(core_arguments):  # noq
     core, exc = fresh_core(args, kwargs, buffer=short, creating=False)
     assert isinstance(exc, FastallocError) and "does not match its segment" in str(exc), exc
     del core
+
+
+@requirements.needs_root("to give a growth extent another owner")
+def test_an_extent_of_a_trusted_uid_other_than_the_owners_is_used(grown):  # noqa: F811
+    """A growth extent owned by a uid the attacher trusts (not the main segment's owner) is mapped
+    and its values read; without that uid in trusted_uids the same extent is refused."""
+    pool, handles, x1 = grown
+    os.chown(x1, 65534, 65534)
+    try:
+        with attach(pool.name, trusted_uids=[65534]) as other:
+            assert other.get(handles[5]) == 5
+        with pytest.raises(FastallocError, match="65534"):
+            attach(pool.name)
+    finally:
+        os.chown(x1, 0, 0)
+
+
+def test_a_growth_that_cannot_be_mapped_fails_the_allocate(core_arguments):  # noqa: F811
+    """The grow callable says it grew (the header names extent 1) but the extent cannot be opened:
+    the allocate raises the mapping's error, hands out nothing and takes nothing; with the header
+    put back the pool is as it was (full)."""
+    pool, args, kwargs = core_arguments
+    entry = TABLE + 2
+    saved = [header(pool, L.HDR_EXTENTS), header(pool, entry), header(pool, entry + 1)]
+
+    def grow(wanted: int) -> bool:
+        put(pool, entry, 4)
+        put(pool, entry + 1, 4)
+        put(pool, L.HDR_EXTENTS, 2)
+        return True
+
+    core, exc = fresh_core(args, kwargs, grow=grow, creating=False)
+    assert exc is None
+    try:
+        held = [core.allocate(i) for i in range(4)]
+        tokens = core.semaphore_value
+        try:
+            with pytest.raises(FastallocError, match="cannot open a growth extent"):
+                core.allocate("one too many")
+        finally:
+            for word, value in zip((L.HDR_EXTENTS, entry, entry + 1), saved, strict=True):
+                put(pool, word, value)
+        assert core.extents == 1 and core.semaphore_value == tokens and len(pool) == 4
+        assert [core.get(h) for h in held] == [0, 1, 2, 3]
+    finally:
+        core.close()
