@@ -14,10 +14,13 @@ from __future__ import annotations
 import mmap
 import os
 import struct
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
-from fastalloc_shm import FastallocError, attach
+from fastalloc_shm import FastallocError, GrowingPool, GrowthStrategy, attach
 from fastalloc_shm import _layout as L
 
 from . import requirements
@@ -57,6 +60,7 @@ def test_a_table_entry_past_index_two_to_the_32_is_refused(grown):  # noqa: F811
 
 
 TABLE = L.EXTENT_TABLE_OFFSET // 8
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.parametrize("word, value", [
@@ -136,3 +140,43 @@ def test_a_growth_that_cannot_be_mapped_fails_the_allocate(core_arguments):  # n
         assert [core.get(h) for h in held] == [0, 1, 2, 3]
     finally:
         core.close()
+
+
+MMAP_CHILD = r'''
+import resource, sys, fastalloc_shm
+from fastalloc_shm import FastallocError
+p = fastalloc_shm.attach(sys.argv[1])
+print("attached", flush=True)
+h = int(sys.stdin.readline())
+vm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmSize:")) * 1024
+resource.setrlimit(resource.RLIMIT_AS, (vm + (2 << 20), resource.RLIM_INFINITY))  # 2 MiB more: no 4 MiB extent
+try:
+    p.get(h)
+    print("read without the room to map it")
+except FastallocError:
+    print("refused", p._core.extents)
+resource.setrlimit(resource.RLIMIT_AS, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+value = p.get(h)
+print(p._core.extents, value, flush=True)
+p.close()
+'''
+
+
+def test_an_extent_that_cannot_be_mapped_for_want_of_memory_is_mapped_later(pool_name):
+    """A process whose address space cannot take a new 4 MiB extent (RLIMIT_AS) fails the get of a
+    value in it with a FastallocError and maps nothing; once it has the room, the same get maps the
+    extent and reads the value."""
+    with GrowingPool.create(pool_name, capacity=4, max_capacity=8, slot_size=1 << 20,
+                            growth_strategy=GrowthStrategy.linear(4)) as pool:
+        child = subprocess.Popen([sys.executable, "-c", MMAP_CHILD, pool_name], cwd=ROOT, stdin=subprocess.PIPE,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            assert child.stdout.readline().strip() == "attached"
+            handles = [pool.allocate(i) for i in range(6)]  # extent 1 is created after the child attached
+            out, err = child.communicate(f"{handles[5]}\n", timeout=60)
+        finally:
+            if child.poll() is None:
+                child.kill()
+                child.communicate()
+        assert child.returncode == 0, err
+        assert out.splitlines() == ["refused 1", "2 5"]
