@@ -150,8 +150,10 @@ def pack_error(value: Any, exc: Exception) -> SerializationError:
     )
 
 
-def unpack_error(handle: int, exc: Exception) -> SerializationError:
+def unpack_error(handle: int | None, exc: Exception) -> SerializationError:
+    """`handle` is None for a channel's item: its slot is already free again (get took it)."""
+    what = "a channel's item" if handle is None else f"stored value of handle {handle:#x}"
+    fix = "it is dropped" if handle is None else "set() it again"
     if isinstance(exc, msgspec.ValidationError):
-        return SerializationError(f"stored value of handle {handle:#x} is not of the pool's value_type ({exc}); "
-                                  "set() it again")
-    return SerializationError(f"stored value of handle {handle:#x} is not valid msgpack ({exc}); set() it again")
+        return SerializationError(f"{what} is not of the pool's value_type ({exc}); {fix}")
+    return SerializationError(f"{what} is not valid msgpack ({exc}); {fix}")

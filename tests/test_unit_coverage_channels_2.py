@@ -69,3 +69,22 @@ def test_a_signal_ending_put_manys_wait_gives_its_tokens_back(pool_name):
         assert jobs.get(timeout=5) == "a"
         for h in held:
             pool.release(h)
+
+
+def test_a_channel_item_whose_bytes_do_not_decode_is_a_serialization_error(pool_name):
+    """get()/get_many() of an item whose slot bytes are not msgpack raise SerializationError saying
+    it is a channel's item (it has no handle any more: get freed its slot), not a formatting TypeError."""
+    import pytest
+
+    from fastalloc_shm import FixedPool, SerializationError
+
+    with FixedPool.create(pool_name, capacity=4) as pool:
+        todo = pool.channel("todo")
+        for take in (lambda: todo.get(timeout=1), lambda: todo.get_many(4, timeout=1)):
+            h = pool.allocate("hello world")  # 12 bytes of msgpack
+            with pool.buffer(h) as view:
+                view[:12] = b"\xc1" * 12  # 0xc1: never used in msgpack
+            todo.put_handle(h)
+            with pytest.raises(SerializationError, match="a channel's item is not valid msgpack"):
+                take()
+        assert len(pool) == 0

@@ -56,7 +56,8 @@ def test_a_holder_killed_while_we_wait_is_repaired_by_the_waiter(tmp_path, pool_
 
 def test_recover_waiting_for_a_holder_that_dies_reports_the_lock_taken_over(tmp_path, pool_name):
     """recover() asleep on the lock when its holder is killed: the report says the lock was taken
-    over, and the pool is whole."""
+    over and names the holder among the dead clients (it died while recover() waited), and the
+    pool is whole."""
     with FixedPool.create(pool_name, capacity=4, lock_timeout=20) as pool:
         kept = pool.allocate("kept")
         holder = Holder(tmp_path, pool_name, "stop")
@@ -64,7 +65,7 @@ def test_recover_waiting_for_a_holder_that_dies_reports_the_lock_taken_over(tmp_
             timer = kill_later(holder, 0.3)
             report = pool.recover(lock_wait=20)
             timer.join()
-            assert report.lock_taken_over
+            assert report.lock_taken_over and holder.pid in report.dead_clients, report
             assert pool.get(kept) == "kept" and len(pool) == 1 and pool._core.semaphore_value == 3
         finally:
             holder.kill()

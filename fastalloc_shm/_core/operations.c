@@ -365,14 +365,31 @@ static PyObject *recover_impl(Core *c, int reclaim, double wait)
         memcpy(counts, info.counts, sizeof counts);
     else if ((rc = rebuild_locked(c, reclaim, counts, &f)) == 0 && repairs_in(counts))
         c->hdr[HDR_RECOVERIES]++;
+    /* Also those that died while we waited for the lock (a holder among them): counted now. */
+    uint32_t gone[MAX_CLIENTS];
+    int n_gone = 0;
     if (rc == 0)
-        for (int i = 0; i < MAX_CLIENTS; i++) /* their slots are judged now: the entries can go */
-            if (client_pid(c, i) && !entry_alive(c, i))
+        for (int i = 0; i < MAX_CLIENTS; i++) { /* their slots are judged now: the entries can go */
+            uint32_t pid = client_pid(c, i);
+            if (pid && !entry_alive(c, i)) {
+                gone[n_gone++] = pid;
                 STORE((uint32_t *)client_words(c, i), 0u);
+            }
+        }
     core_unlock(c);
     if (rc < 0) {
         Py_DECREF(dead);
         return raise_failure(c, &f);
+    }
+    for (int i = 0; i < n_gone; i++) {
+        PyObject *p = PyLong_FromUnsignedLong(gone[i]);
+        int known = p ? PySequence_Contains(dead, p) : -1;
+        if (known < 0 || (!known && PyList_Append(dead, p) < 0)) {
+            Py_XDECREF(p);
+            Py_DECREF(dead);
+            return NULL;
+        }
+        Py_DECREF(p);
     }
     PyObject *tally = tally_dict(counts);
     if (!tally) {
