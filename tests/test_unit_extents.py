@@ -161,3 +161,24 @@ def test_extents_are_mapped_lazily_by_any_process(pool_name):
             other.get(beyond)
         other.release(handles[4])
         assert len(pool) == 5
+
+
+def test_a_handle_in_an_extent_this_process_cannot_map_names_the_extent_not_the_handle(pool_name):
+    """A live handle of a growth extent another attachment made, whose file this process cannot
+    open: get() says the extent cannot be opened (the handle is fine), never InvalidHandle
+    "beyond capacity"; once the file is back, the same get() reads the value."""
+    with GrowingPool.create(pool_name, capacity=2, max_capacity=8, growth_strategy=GrowthStrategy.linear(2)) as pool:
+        other = attach(pool_name)
+        try:
+            handles = [pool.allocate(i) for i in range(3)]  # the third grows the pool: extent 1
+            extent, moved = f"/dev/shm/fastalloc.{pool_name}.x1", f"/dev/shm/fastalloc.{pool_name}.moved"
+            os.rename(extent, moved)
+            try:
+                with pytest.raises(FastallocError, match="cannot open a growth extent") as raised:
+                    other.get(handles[2])
+                assert not isinstance(raised.value, InvalidHandle)
+            finally:
+                os.rename(moved, extent)
+            assert other.get(handles[2]) == 2
+        finally:
+            other.close()

@@ -216,11 +216,22 @@ static inline PyObject *make_handle(uint32_t gen, uint64_t index)
     return PyLong_FromUnsignedLong((unsigned long)(((uint64_t)gen << 32) | index));
 }
 
-/* The slot of a handle; InvalidHandle when it names none. */
+/* The slot of a handle; InvalidHandle when it names none. A handle within the pool's capacity
+ * whose extent this process cannot map (missing, untrusted, damaged) gets the mapping's own
+ * error instead: the handle is fine, the extent is not. */
 static inline Extent *slot_of_handle(Core *c, PyObject *h, uint32_t *gen, uint32_t *local)
 {
     uint64_t index;
-    Extent *e = decode_handle(h, gen, &index) ? locate(c, index, local) : NULL;
+    if (!decode_handle(h, gen, &index)) {
+        RAISE(c, E_INVALID, "O)", h);
+        return NULL;
+    }
+    Extent *e = locate(c, index, local);
+    if (!e && index < LOAD(&c->hdr[HDR_CAPACITY])) {
+        if (map_new_extents(c) < 0)
+            return NULL;
+        e = locate(c, index, local);
+    }
     if (!e)
         RAISE(c, E_INVALID, "O)", h);
     return e;
