@@ -52,6 +52,7 @@ HDR_REPAIR_PENDING: int = _T["HDR_REPAIR_PENDING"]
 HDR_WAITERS: int = _T["HDR_WAITERS"]
 HDR_STEAL_CURSOR: int = _T["HDR_STEAL_CURSOR"]
 HDR_STEALS: int = _T["HDR_STEALS"]
+HDR_DEAD_OWNER: int = _T["HDR_DEAD_OWNER"]
 HDR_WORDS: int = _T["HDR_WORDS"]
 
 # The mutex, the extent table, the config record, the client table.

@@ -86,3 +86,26 @@ def test_a_magazine_drain_after_a_dead_holder_repairs_first(tmp_path, pool_name)
         assert pool._core.cached <= 4
         assert len(pool) == 0 and pool._core.semaphore_value + pool._core.cached == 32
 
+
+
+def test_the_waiters_repair_judges_the_dead_holder_dead_though_its_liveness_lock_lingers(tmp_path, pool_name):
+    """A holder stopped at alloc.popped (its slot taken, being written) is killed while another
+    process waits for the lock. The kernel hands the mutex on (EOWNERDEAD) before the dead
+    process's files close, so its liveness lock may still look held; the waiter's repair must
+    judge the holder dead all the same (it recorded its owner in HDR_LOCK_HOLDER): the half-
+    written slot is freed by that repair, not left WRITING for a later recover(). Repeated,
+    as the window is the kernel's."""
+    for round_ in range(5):
+        name = f"{pool_name}-{round_}"
+        with FixedPool.create(name, capacity=2, lock_timeout=20) as pool:
+            holder = Holder(tmp_path, name, "stop", point="alloc.popped")
+            try:
+                timer = kill_later(holder, 0.1)
+                mine = pool.allocate("mine")
+                timer.join()
+                states = [row[1] for row in pool._core.slot_states()[0]["slots"]]
+                assert L.WRITING not in states, f"round {round_}: the dead holder's slot still WRITING: {states}"
+                assert pool.recover().half_written_freed == 0  # nothing left for a later recovery
+                assert pool.get(mine) == "mine" and len(pool) == 1
+            finally:
+                holder.kill()

@@ -161,6 +161,7 @@ enum { T_CACHED, T_HALF, T_TORN, T_KEPT, T_RECLAIMED, T_CORRUPT, T_REQUEUED, T_I
 typedef struct {
     int repaired;           /* a repair ran (and completed) inside this acquisition */
     int dead_holder;        /* the previous holder died holding the lock */
+    uint64_t dead_owner;    /* its owner id + 1 (0: unknown), as HDR_DEAD_OWNER had it */
     long counts[T_COUNT];   /* that repair's tally */
 } LockInfo;
 

@@ -52,7 +52,7 @@
     X(HDR_ALLOCATIONS, 16) X(HDR_DEALLOCATIONS, 17) X(HDR_PEAK, 18) X(HDR_FAILURES, 19) \
     X(HDR_GROWTHS, 20) X(HDR_LOCK_ACQUISITIONS, 21) X(HDR_LOCK_WAIT_NS, 22) \
     X(HDR_LOCK_TIMEOUTS, 23) X(HDR_RECOVERIES, 24) X(HDR_IN_USE, 25) X(HDR_REPAIR_PENDING, 26) \
-    X(HDR_WAITERS, 27) X(HDR_STEAL_CURSOR, 28) X(HDR_STEALS, 29) \
+    X(HDR_WAITERS, 27) X(HDR_STEAL_CURSOR, 28) X(HDR_STEALS, 29) X(HDR_DEAD_OWNER, 30) \
     X(HDR_WORDS, 32) \
     X(MUTEX_OFFSET, 256) X(MUTEX_BYTES, 64) \
     X(EXTENT_TABLE_OFFSET, 512) X(MAX_EXTENTS, 256) \
@@ -88,7 +88,10 @@ LAYOUT_ITEMS(X_ENUM)
 /* The header word HDR_REPAIR_PENDING is set while a repair after a dead lock
  * holder is owed: a locker that cannot see every extent leaves it set (and
  * the totals as they were) for the next locker, never writes them from a
- * partial view. */
+ * partial view. HDR_DEAD_OWNER (the dead holder's owner id + 1, read from
+ * HDR_LOCK_HOLDER's high half) goes with it: the kernel hands the mutex on
+ * before the dead process's files close, so its liveness lock may still look
+ * held, and the repair must judge that owner dead all the same. */
 
 #define MAGIC 0x434F4C4154534146ULL /* "FASTALOC" little-endian */
 

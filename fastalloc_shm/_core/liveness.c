@@ -48,6 +48,9 @@ static int owner_alive(const Core *c, uint32_t owner, signed char *cache)
     int entry = (int)(owner >> INCARNATION_BITS);
     if (entry >= MAX_CLIENTS)
         return 0;
+    /* The lock holder whose death this repair follows: dead, whatever its liveness lock says yet. */
+    if ((uint64_t)owner + 1 == LOAD(&c->hdr[HDR_DEAD_OWNER]))
+        return 0;
     if ((client_incarnation(c, entry) & INCARNATION_MASK) != (owner & INCARNATION_MASK))
         return 0;
     if (cache[entry] < 0)

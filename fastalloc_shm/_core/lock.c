@@ -45,10 +45,17 @@ static struct timespec monotonic_at(double t)
     return ts;
 }
 
+/* What a locker records in HDR_LOCK_HOLDER: its pid (for messages) and, above it, its owner
+ * id + 1 (for the repair after its death; 0 when it has no client entry). */
+static inline uint64_t holder_word(const Core *c)
+{
+    return (uint64_t)(uint32_t)c->pid | (c->entry >= 0 ? (uint64_t)(c->owner + 1) << 32 : 0);
+}
+
 /* Who holds the lock, for a message: the recorded pid, else the futex word's thread id. */
 static unsigned long long lock_holder(const Core *c)
 {
-    uint64_t pid = LOAD(&c->hdr[HDR_LOCK_HOLDER]);
+    uint64_t pid = (uint32_t)LOAD(&c->hdr[HDR_LOCK_HOLDER]);
     if (pid)
         return pid;
     return (unsigned long long)((unsigned int)LOAD(&c->mutex->__data.__lock) & FUTEX_TID_MASK);
@@ -60,6 +67,8 @@ static int lock_taken(Core *c, int rc, int reclaim, LockInfo *info, Failure *f)
 {
     if (rc == EOWNERDEAD) {
         info->dead_holder = 1;
+        info->dead_owner = LOAD(&c->hdr[HDR_LOCK_HOLDER]) >> 32;
+        STORE(&c->hdr[HDR_DEAD_OWNER], info->dead_owner);
         STORE(&c->hdr[HDR_REPAIR_PENDING], 1); /* before anything else: a repairer that dies leaves it */
         int consistent = pthread_mutex_consistent(c->mutex);
         if (consistent != 0) {
@@ -68,7 +77,7 @@ static int lock_taken(Core *c, int rc, int reclaim, LockInfo *info, Failure *f)
             return fail(f, E_OS, "cannot mark the pool lock consistent after its holder died");
         }
     }
-    c->hdr[HDR_LOCK_HOLDER] = (uint64_t)c->pid;
+    c->hdr[HDR_LOCK_HOLDER] = holder_word(c);
     c->hdr[HDR_LOCK_ACQUISITIONS]++;
     if (LOAD(&c->hdr[HDR_REPAIR_PENDING])) {
         memset(info->counts, 0, sizeof info->counts);
@@ -77,6 +86,7 @@ static int lock_taken(Core *c, int rc, int reclaim, LockInfo *info, Failure *f)
             return -1;
         }
         c->hdr[HDR_RECOVERIES]++;
+        STORE(&c->hdr[HDR_DEAD_OWNER], 0);
         STORE(&c->hdr[HDR_REPAIR_PENDING], 0);
         info->repaired = 1;
     }
@@ -89,6 +99,7 @@ static int lock_taken(Core *c, int rc, int reclaim, LockInfo *info, Failure *f)
 static int lock_after_trylock(Core *c, int rc, double timeout, int reclaim, LockInfo *info)
 {
     info->repaired = info->dead_holder = 0;
+    info->dead_owner = 0;
     if (rc == EBUSY || rc == EDEADLK) {
         double started = monotonic_now(), deadline = started + timeout;
         if (c->spin_limit) {
@@ -154,7 +165,7 @@ static inline int core_lock(Core *c)
 {
     int rc = pthread_mutex_trylock(c->mutex);
     if (__builtin_expect(rc == 0 && !LOAD(&c->hdr[HDR_REPAIR_PENDING]), 1)) {
-        c->hdr[HDR_LOCK_HOLDER] = (uint64_t)c->pid;
+        c->hdr[HDR_LOCK_HOLDER] = holder_word(c);
         c->hdr[HDR_LOCK_ACQUISITIONS]++;
         FAULT(F_LOCK_ACQUIRED);
         return 0;
@@ -171,6 +182,7 @@ static int core_trylock(Core *c)
         return 0;
     LockInfo info;
     info.repaired = info.dead_holder = 0;
+    info.dead_owner = 0;
     Failure f = {0};
     return lock_taken(c, rc, c->reclaim, &info, &f) == 0;
 }

@@ -334,6 +334,14 @@ done:
 }
 
 /* recover(reclaim, wait) -> (tally dict, lock_taken_over, dead pids). */
+/* Entry `i` is the dead lock holder's (`dead_owner`: its owner id + 1), whose liveness lock may
+ * still look held: the kernel hands the mutex on before the dead process's files close. */
+static int was_dead_holder(const Core *c, int i, uint64_t dead_owner)
+{
+    return dead_owner && (int)((dead_owner - 1) >> INCARNATION_BITS) == i &&
+           (client_incarnation(c, i) & INCARNATION_MASK) == ((dead_owner - 1) & INCARNATION_MASK);
+}
+
 static PyObject *recover_impl(Core *c, int reclaim, double wait)
 {
     PyObject *dead = PyList_New(0);
@@ -371,7 +379,7 @@ static PyObject *recover_impl(Core *c, int reclaim, double wait)
     if (rc == 0)
         for (int i = 0; i < MAX_CLIENTS; i++) { /* their slots are judged now: the entries can go */
             uint32_t pid = client_pid(c, i);
-            if (pid && !entry_alive(c, i)) {
+            if (pid && (!entry_alive(c, i) || was_dead_holder(c, i, info.dead_owner))) {
                 gone[n_gone++] = pid;
                 STORE((uint32_t *)client_words(c, i), 0u);
             }
