@@ -4,7 +4,8 @@ Every way a user could move the items races in one run: a `multiprocessing.Queue
 dicts, a pool plus a `multiprocessing.Queue` of handles (one per message, or lists of 64),
 the pool's own channels (one item per call, or `put_many`/`get_many` of 64), faster-fifo,
 iceoryx2 publish-subscribe with an event to wake the subscriber, and Redis lists over a
-unix socket (LPUSH/BRPOP, and LPUSH×64/BLMPOP). Each repetition starts three fresh spawned
+unix socket (LPUSH/BRPOP, and LPUSH×64/BLMPOP) against RedisPool's channel on the same
+server (put/get, and put_many/get_many of 64). Each repetition starts three fresh spawned
 processes per transport; rounds interleave the transports (one repetition of each, in an
 order rotated every round) so a change of load lands on all of them alike.
 
@@ -240,7 +241,7 @@ class RedisList(_Transport):
 
     def __init__(self, url: str | None, batch: bool):
         self.url, self.batch = url, batch
-        self.name = "Redis LPUSH×64/BLMPOP" if batch else "Redis LPUSH/BRPOP"
+        self.name = REDIS_BATCH if batch else "Redis LPUSH/BRPOP"
 
     def setup(self, tag):
         if not self.url:
@@ -284,6 +285,60 @@ class RedisList(_Transport):
                 data = r.brpop(key, 0)[1]
                 return unpackb(data) if data else None
         return _Ends(receive=receive, close=r.close)
+
+
+class RedisPoolChannel(_Transport):
+    """RedisPool's channel over the run's unix socket: put/get, or put_many/get_many of BATCH."""
+
+    needs = ("redis",)
+
+    def __init__(self, url: str | None, batch: bool):
+        self.url, self.batch = url, batch
+        self.name = REDIS_CHANNEL_BATCH if batch else REDIS_CHANNEL
+
+    def setup(self, tag):
+        if not self.url:
+            raise Unavailable("no redis server (redis-server not found, or --redis-url not given)")
+        from fastalloc_shm import RedisPool
+
+        pool = RedisPool.create(tag, url=self.url, capacity=CAPACITY, slot_size=SLOT_SIZE)
+        pool.channel("todo")
+        pool.close()  # the pool stays on the server until teardown
+        return self.url, tag
+
+    def teardown(self, shared):
+        from fastalloc_shm.redis_pool import unlink_pool
+
+        unlink_pool(shared[1], shared[0])
+
+    def _open(self, shared):
+        from fastalloc_shm import RedisPool
+
+        pool = RedisPool.attach(shared[1], url=shared[0])
+        return pool, pool.channel("todo")
+
+    def producer(self, shared):
+        pool, ch = self._open(shared)
+        if self.batch:
+            def send(x):
+                ch.put_many([None] if x is None else x)
+        else:
+            send = ch.put
+        return _Ends(send=send, close=pool.close)
+
+    def consumer(self, shared, index):
+        pool, ch = self._open(shared)
+        if self.batch:
+            def receive():
+                got = ch.get_many(BATCH)
+                stops = got.count(None)
+                if stops > 1:  # one stop mark is this consumer's; the others go back for theirs
+                    ch.put_many([None] * (stops - 1))
+                    return got[:len(got) - stops + 1]
+                return got
+        else:
+            receive = ch.get
+        return _Ends(receive=receive, close=pool.close)
 
 
 class Iceoryx2Events(_Transport):
@@ -397,6 +452,8 @@ def transports(redis_url: str | None) -> list[_Transport]:
         Iceoryx2Events(),
         RedisList(redis_url, batch=False),
         RedisList(redis_url, batch=True),
+        RedisPoolChannel(redis_url, batch=False),
+        RedisPoolChannel(redis_url, batch=True),
     ]
 
 
@@ -596,6 +653,9 @@ REFERENCE = "mp.Queue of dicts"
 CHANNEL = "FixedPool channel"
 CHANNEL_BATCH = "FixedPool channel, put_many/get_many 64"
 HANDLE_LISTS = "FixedPool + mp.Queue of 64-handle lists"
+REDIS_CHANNEL = "RedisPool channel"
+REDIS_CHANNEL_BATCH = "RedisPool channel, put_many/get_many 64"
+REDIS_BATCH = "Redis LPUSH×64/BLMPOP"
 
 
 def table(rows: list[dict], unavailable: dict[str, str]) -> list[str]:
@@ -640,6 +700,10 @@ def targets(rows: list[dict]) -> list[tuple[str, str, float | None]]:
         out.append(_verdict(ratio, bound, text))
     ratio = paired(CHANNEL_BATCH, HANDLE_LISTS)
     out.append(_verdict(ratio, 1.5, f"channel put_many/get_many 64: {{}}× {HANDLE_LISTS}'s items/s (target ≥ 1.5×)"))
+    ratio = paired(REDIS_CHANNEL_BATCH, REDIS_BATCH)
+    out.append(_verdict(ratio, 1.0, f"RedisPool channel batched: {{}}× {REDIS_BATCH}'s items/s (target ≥ 1.0×)"))
+    ratio = paired(REDIS_CHANNEL, "Redis LPUSH/BRPOP")
+    out.append(_verdict(ratio, None, "RedisPool channel, one item per put/get: {}× Redis LPUSH/BRPOP's items/s"))
     for key, bound in (("p50_us", 15.0), ("p99_us", 60.0)):
         r = by.get((CHANNEL, f"job/{key}"))
         value = r["value"] if r else None
