@@ -397,3 +397,16 @@ def test_core_init_out_of_memory_registers_nothing(model):
 
     assert sweep(lambda: _core.Core(*args, **kwargs), check=check) > 0
     assert len(built) == 1
+
+
+def test_a_threadlocal_pools_first_allocate_out_of_memory(pool_name):
+    """The first allocate of a ThreadLocalPool's Core makes its magazine (PyMem) and refills it."""
+    with ThreadLocalPool.create(pool_name, capacity=8, batch_size=2) as pool:
+        m = Model(pool)
+
+        def check(result):
+            if result is not FAILED:
+                m.held[result] = VALUE
+            m.assert_sound()
+
+        assert sweep(pool._core.allocate, VALUE, check=check) > 0
