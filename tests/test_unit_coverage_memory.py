@@ -400,13 +400,15 @@ def test_core_init_out_of_memory_registers_nothing(model):
 
 
 def test_a_threadlocal_pools_first_allocate_out_of_memory(pool_name):
-    """The first allocate of a ThreadLocalPool's Core makes its magazine (PyMem) and refills it."""
-    with ThreadLocalPool.create(pool_name, capacity=8, batch_size=2) as pool:
-        m = Model(pool)
+    """The first allocate of a ThreadLocalPool's Core makes its magazine (PyMem) and refills it; the
+    pool is audited through a second attachment, so each step's Core still has no magazine."""
+    with ThreadLocalPool.create(pool_name, capacity=8, batch_size=2) as pool, \
+            ThreadLocalPool.attach(pool_name) as other:
+        m = Model(other)
 
         def check(result):
             if result is not FAILED:
-                m.held[result] = VALUE
+                m.held[result] = LONG
             m.assert_sound()
 
-        assert sweep(pool._core.allocate, VALUE, check=check) > 0
+        assert sweep(pool._core.allocate, LONG, check=check) > 0
