@@ -311,12 +311,13 @@ def test_channel_put_handle_out_of_memory_keeps_the_handle(model):
     sweep(model.core.channel_put_handle, number, handle, check=check)
 
 
-# get() and get_many() are not swept past their first allocation (the list, before anything is
-# taken), for two bugs of channels.c's channel_take/decode_all that the sweep found (tests/COVERAGE.md,
-# "Found by round 3"): (1) a PyList_Append failing after the slot was copied out and freed puts the
-# slot back at the channel's head while it is also on the free list (start 1: the next allocate
-# hands out a queued slot, "a free list is damaged"); (2) a MemoryError decoding what was taken, or
-# making the next item's copy in get_many, drops the items already taken and freed (starts 2-4).
+# get() and get_many() are not swept past their first allocation (the first item's copy, before its
+# slot is freed; the list comes from the interpreter's free list), for two bugs of channels.c's
+# channel_take/decode_all that the sweep found (tests/COVERAGE.md, "Found by round 3"): (1) a
+# PyList_Append failing after the slot was copied out and freed puts the slot back at the channel's
+# head while it is also on the free list (start 1: the next allocate hands out a queued slot, "a
+# free list is damaged"); (2) a MemoryError decoding what was taken, or making the next item's copy
+# in get_many, drops the items already taken and freed (starts 2-4).
 
 
 @pytest.mark.parametrize("name", ["channel_get", "channel_get_many"])
