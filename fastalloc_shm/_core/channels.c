@@ -410,15 +410,10 @@ static PyObject *channel_take(Core *c, int ch, Py_ssize_t max_items, double time
             } else {
                 uint32_t len = m[META_LEN];
                 item = len <= c->geo.slot_size ? PyBytes_FromStringAndSize((const char *)slot_of(c, e, local), len) : NULL;
-                if (item) {
-                    STORE_REL((uint64_t *)m, pair(next_generation(gen) | UNREADABLE, FREE << STATE_SHIFT));
-                    push_slot(e, local);
-                    freed++;
-                }
             }
             if (!item || PyList_Append(out, item) < 0) {
                 Py_XDECREF(item);
-                /* Out of memory (or a length past the slot): back at the head, untouched. */
+                /* Out of memory (or a length past the slot): back at the head, untouched (not yet freed). */
                 STORE_REL((uint64_t *)m, pair(gen | UNREADABLE, (QUEUED << STATE_SHIFT) | (uint32_t)ch));
                 channel_link_front(c, ch, e, local);
                 channel_words(c, ch)[CH_GETS]--;
@@ -427,6 +422,11 @@ static PyObject *channel_take(Core *c, int ch, Py_ssize_t max_items, double time
                 break;
             }
             Py_DECREF(item);
+            if (!take) { /* its bytes are in the list: the slot is free from now on */
+                STORE_REL((uint64_t *)m, pair(next_generation(gen) | UNREADABLE, FREE << STATE_SHIFT));
+                push_slot(e, local);
+                freed++;
+            }
             n++;
         }
         if (freed) {
@@ -440,7 +440,9 @@ static PyObject *channel_take(Core *c, int ch, Py_ssize_t max_items, double time
             raise_failure(c, &f);
             goto fail;
         }
-        if (got == -2) {
+        if (got == -2 && n) {
+            PyErr_Clear(); /* the items taken so far are the answer; the one that failed is back at the head */
+        } else if (got == -2) {
             if (!PyErr_Occurred())
                 raise_damaged(c, "a queued value is longer than its slot; run recover()");
             goto fail;
@@ -467,11 +469,52 @@ fail:
     return NULL;
 }
 
+/* Items a get took whose decoding ran out of memory: their bytes back at the head of the
+ * channel, in their order, in slots taken again (one lock round trip; no Python code). */
+typedef struct {
+    int ch;
+    PyObject *copies; /* a list only this call holds: nothing else can change it */
+    Py_ssize_t next;
+} Requeue;
+
+static void requeue_locked(Core *c, Extent *e, uint32_t local, void *arg)
+{
+    Requeue *r = arg;
+    /* The last first: each goes in front of the one after it. */
+    PyObject *copy = PyList_GET_ITEM(r->copies, PyList_GET_SIZE(r->copies) - 1 - r->next++);
+    uint32_t *m = meta_of(e, local);
+    memcpy(slot_of(c, e, local), PyBytes_AS_STRING(copy), (size_t)PyBytes_GET_SIZE(copy));
+    m[META_LEN] = (uint32_t)PyBytes_GET_SIZE(copy);
+    STORE_REL((uint64_t *)m, pair((LOAD(&m[META_GEN]) & GENERATION_MASK) | UNREADABLE, (QUEUED << STATE_SHIFT) | (uint32_t)r->ch));
+    channel_link_front(c, r->ch, e, local);
+    channel_words(c, r->ch)[CH_GETS]--; /* not delivered after all */
+}
+
+/* Out of memory while decoding what a get took: put the copies back (at-least-once), keeping
+ * the MemoryError. Best effort: it needs the slots (just freed: others may have taken them). */
+static void requeue_copies(Core *c, int ch, PyObject *copies)
+{
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    Py_ssize_t n = PyList_GET_SIZE(copies);
+    Taken few[64], *taken = n <= 64 ? few : PyMem_Calloc((size_t)n, sizeof(Taken));
+    if (taken) {
+        Requeue r = {ch, copies, 0};
+        if (take_many(c, n, n, WRITING, taken, requeue_locked, &r) == n)
+            channel_wake(c, ch);
+        PyErr_Clear(); /* a failure to requeue: the MemoryError is what the caller hears */
+        if (taken != few)
+            PyMem_Free(taken);
+    }
+    PyErr_Restore(type, value, tb);
+}
+
 /* The values a channel_take without `take` copied out: decoded now, outside the lock. */
-static PyObject *decode_all(Core *c, PyObject *copies)
+static PyObject *decode_all(Core *c, int ch, PyObject *copies)
 {
     Py_ssize_t n = PyList_GET_SIZE(copies);
-    for (Py_ssize_t i = 0; i < n; i++) {
+    PyObject *values = PyList_New(n);
+    for (Py_ssize_t i = 0; values && i < n; i++) {
         PyObject *copy = PyList_GET_ITEM(copies, i), *raw = NULL;
         PyObject *v = decode_value((const uint8_t *)PyBytes_AS_STRING(copy), (uint32_t)PyBytes_GET_SIZE(copy), &raw);
         if (!v && raw) {
@@ -479,10 +522,13 @@ static PyObject *decode_all(Core *c, PyObject *copies)
             v = unpack_copy(c, Py_None, Py_NewRef(copy));
         }
         if (!v)
-            return NULL;
-        PyList_SetItem(copies, i, v);
+            Py_CLEAR(values);
+        else
+            PyList_SET_ITEM(values, i, v);
     }
-    return Py_NewRef(copies);
+    if (!values && PyErr_ExceptionMatches(PyExc_MemoryError))
+        requeue_copies(c, ch, copies); /* a value that does not decode is dropped: it never would */
+    return values;
 }
 
 static PyObject *channel_get_impl(Core *c, int ch, double timeout)
@@ -490,7 +536,7 @@ static PyObject *channel_get_impl(Core *c, int ch, double timeout)
     PyObject *copies = channel_take(c, ch, 1, timeout, 0);
     if (!copies)
         return NULL;
-    PyObject *values = decode_all(c, copies);
+    PyObject *values = decode_all(c, ch, copies);
     Py_DECREF(copies);
     PyObject *v = values ? Py_NewRef(PyList_GET_ITEM(values, 0)) : NULL;
     Py_XDECREF(values);
@@ -502,7 +548,7 @@ static PyObject *channel_get_many_impl(Core *c, int ch, Py_ssize_t max_items, do
     PyObject *copies = channel_take(c, ch, max_items, timeout, 0);
     if (!copies)
         return NULL;
-    PyObject *values = decode_all(c, copies);
+    PyObject *values = decode_all(c, ch, copies);
     Py_DECREF(copies);
     return values;
 }
