@@ -21,7 +21,7 @@ from fastalloc_shm.redis_pool import RedisPool
 
 from .redis_server import RedisServer
 
-BATCH = 5000
+BATCH = RedisPool.MAX_BATCH
 
 # Filled by a process that dies holding every slot: its lease expires, recover() reclaims them.
 FILL = textwrap.dedent("""
@@ -86,7 +86,8 @@ def measure(url: str, slots: int) -> dict[str, dict]:
         report = {}
         results["recover"] = probe_during(url, lambda: report.setdefault("r", pool.recover()))
         assert report["r"].orphans_reclaimed == slots and len(pool) == 1
-        pool.allocate_many([None] * min(slots, 100_000))  # some slots in use again, data for every slot
+        for left in range(min(slots, 100_000), 0, -BATCH):  # some slots in use again, data for every slot
+            pool.allocate_many([None] * min(BATCH, left))
         results["unlink"] = probe_during(url, pool.unlink)
         return results
     finally:

@@ -59,6 +59,7 @@ from ._redis_scripts import (
     CHANNEL_PUT_HANDLE,
     CHANNEL_STATISTICS,
     CHANNEL_WAIT,
+    MAX_BATCH,
     Script,
     channel_keys,
     queue_keys,
@@ -136,18 +137,27 @@ class RedisChannel(Generic[V]):
         return self._decode(self._take(1, "value", timeout)[0])
 
     def put_many(self, values: Iterable[V], timeout: float | None = None) -> None:
-        """Queue every value in one round trip once their slots are free; all or nothing."""
+        """Queue every value in one round trip once their slots are free; all or nothing.
+
+        At most MAX_BATCH (1,000) values a call, else ValueError before anything is sent, as
+        RedisPool.allocate_many (one script; split, it would no longer be all or nothing)."""
         pack = self._pool._pack
+        values = list(values)
+        if len(values) > MAX_BATCH:
+            raise ValueError(f"put_many: {len(values)} values in one call, more than the {MAX_BATCH} a RedisPool"
+                             f" call may move (MAX_BATCH: each call is one script, and Redis serves no other client"
+                             f" while it runs); pass at most {MAX_BATCH} a call")
         payloads = [pack(value) for value in values]
         if payloads:
             self._put(payloads, timeout)
 
     def get_many(self, max_items: int, timeout: float | None = None) -> list[V]:
-        """Wait for at least one item, then take up to `max_items` in one round trip."""
+        """Wait for at least one item, then take up to `max_items` in one round trip: up to MAX_BATCH
+        (1,000) of them, whatever `max_items` says (one script; call again for more)."""
         if isinstance(max_items, bool) or not isinstance(max_items, int) or max_items < 1:
             raise ValueError(f"max_items: a count >= 1, got {max_items!r}")
         decode = self._decode
-        return [decode(payload) for payload in self._take(max_items, "value", timeout)]
+        return [decode(payload) for payload in self._take(min(max_items, MAX_BATCH), "value", timeout)]
 
     # -- handles ----------------------------------------------------------------------------
 

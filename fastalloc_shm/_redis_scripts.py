@@ -20,7 +20,11 @@ Keys (the tag is written T):
     T:lease:ID  string, expiring after the client's lease_ttl unless refreshed
     T:chan      hash  the channels (`_redis_channel`): =NAME -> number, #count, and per number N:
                       N:name, N:puts, N:gets, N:requeued, N:epoch
-    T:chan:N    list  channel N's queued slot indices, head first (a queued slot has no owner)
+    T:chan:N    list  channel N's queued items' payloads, head first. A queued item counts as a slot
+                      in use (in_use) but holds no index: a put is one RPUSH of the payloads and a
+                      get one LPOP, as fast per item as a plain Redis list; get_handle gives the
+                      item an index as it hands it to its consumer, put_handle and a requeue free
+                      the slot's index (under its next generation) as they queue its payload.
     T:chan:N:wake     list  tokens a put leaves for consumers waiting (BLPOP) on channel N
     T:chan:N:waiters  zset  waiting consumers -> when their wait ends (ms, server clock)
     T:taken     hash  index -> "client generation N": who took the slot from channel N (get_handle);
@@ -61,6 +65,11 @@ META_PATTERN = TAG_PREFIX + "*" + META_SUFFIX
 EPOCH_MARGIN = 1 << 20
 # Slot indices are unsigned 32-bit (see handle.py): a pool holds at most 2**32 slots.
 INDEX_LIMIT = INDEX_MASK + 1
+# Most slots one script call may take, free or move (allocate_many, release_many, a channel's
+# put_many and get_many): Redis runs one script at a time, so a call's work must stay small for
+# other clients' commands to wait little behind it (about 0.1-0.3 ms per 1,000 slots here).
+# Longer walks (recover, requeue) go by cursor instead, STEP slots per script.
+MAX_BATCH = 1000
 
 
 def pool_keys(name: str) -> list[str]:
@@ -197,58 +206,65 @@ local function next_generation(g, floor)
   return floor
 end
 
--- Free `idx` (validated, allocated) whose current generations are `gens`;
--- the caller updates the counters in META.
-local function free_slots(idx, gens)
-  local gen_args, floor = {}, floor_of()
-  local top = tonumber(redis.call('HGET', META, 'max_gen')) or 1
+-- Free `idx` (validated, allocated) whose current generations are `gens`. `floor`, `top`: META's
+-- floor and max_gen as the caller read them (nil: read here); `counters`: more META fields and
+-- values to write with max_gen (the caller's counters), or nil.
+local function free_slots(idx, gens, floor, top, counters)
+  local gen_args = {}
+  floor = floor or floor_of()
+  top = top or tonumber(redis.call('HGET', META, 'max_gen')) or 1
   for k = 1, #idx do
     local g = next_generation(tonumber(gens[k]) or floor, floor)
     gen_args[2 * k - 1], gen_args[2 * k] = idx[k], g
     if g > top then top = g end
   end
   -- The highest generation ever given: a new epoch starts above it.
-  redis.call('HSET', META, 'max_gen', top)
+  redis.call('HSET', META, 'max_gen', top, unpack(counters or {}))
   batched('HSET', GEN, gen_args, 2 * CHUNK)
   batched('HDEL', OWNER, idx, CHUNK)
   batched('RPUSH', FREE, idx, CHUNK)
 end
 
--- nil when (i, g) names an allocated slot of this pool, else the error to return
+-- nil when (i, g) names an allocated slot of this pool, else the error to return; then META's
+-- {layout, incarnation, capacity, floor (a number), epoch, max_gen} and the slot's owner.
 local function check_handle(i, g)
-  local m = redis.call('HMGET', META, 'layout', 'incarnation', 'capacity')
+  local m = redis.call('HMGET', META, 'layout', 'incarnation', 'capacity', 'floor', 'epoch', 'max_gen')
   local bad = not_a_pool(m[1], m[2])
   if bad then return bad end
   if tonumber(i) >= tonumber(m[3]) then return fail('INVALID', i, g, m[3]) end
-  local floor = floor_of()
+  local floor = tonumber(m[4]) or 1
+  m[4] = floor
   if tonumber(g) < floor then return fail('LOST', i, g, floor) end
   local cur = tonumber(redis.call('HGET', GEN, i)) or floor
-  if cur ~= tonumber(g) or redis.call('HEXISTS', OWNER, i) == 0 then return fail('STALE', i, g, cur) end
-  return nil
+  local owner = cur == tonumber(g) and redis.call('HGET', OWNER, i)
+  if not owner then return fail('STALE', i, g, cur) end
+  return nil, m, owner
 end
 """.replace("@LAYOUT@", LAYOUT).replace("@MAX_GENERATION@", str(MAX_GENERATION)).replace(
     "@INDEX_LIMIT@", str(INDEX_LIMIT)
 )
 
 _CLAIM = """
--- Take n slots, growing the pool as its config says: returns their indices and the capacity, or
--- the error reply (and nil) when they are not there; a refused request changes nothing but
--- counters. Counts them in use; the caller gives them an owner (or a channel) and their data.
+-- Make room for n more slots in use, growing the pool as its config says. Returns META's fields
+-- {layout, incarnation, capacity (after growth, a number), hwm, max_capacity, growth, growth_value,
+-- in_use, peak, total_allocations, epoch, floor}, or nil and the error reply when the room is not
+-- there; a refused request changes nothing but counters. Room is counted in slots in use (held by
+-- clients, or queued in channels, where an item holds no index): there are always at least as many
+-- free indices (the free list, and those from hwm up to the capacity) as that leaves room.
 -- grow_from/grow_by: a custom growth amount the client computed, and from which capacity (-1: none).
-local function claim(n, grow_from, grow_by)
+local function room(n, grow_from, grow_by)
   local m = redis.call('HMGET', META, 'layout', 'incarnation', 'capacity', 'hwm', 'max_capacity', 'growth',
-    'growth_value', 'in_use', 'peak', 'total_allocations')
+    'growth_value', 'in_use', 'peak', 'total_allocations', 'epoch', 'floor')
   local bad = not_a_pool(m[1], m[2])
-  if bad then return bad end
-  local cap, hwm, limit = tonumber(m[3]), tonumber(m[4]), tonumber(m[5])
+  if bad then return nil, bad end
+  local cap, limit = tonumber(m[3]), tonumber(m[5])
   if limit < 0 or limit > INDEX_LIMIT then limit = INDEX_LIMIT end
-  local free = redis.call('LLEN', FREE)
-  local short = n - free - (cap - hwm)
+  local short = n - (cap - tonumber(m[8]))
   if short > 0 then
     -- Grow only when the whole request fits at max_capacity: a refused batch changes nothing.
     if limit - cap < short then
       redis.call('HINCRBY', META, 'allocation_failures', n)
-      return fail('EXHAUSTED', cap, m[8], n, limit)
+      return nil, fail('EXHAUSTED', cap, m[8], n, limit)
     end
     local kind, value, grown, need_amount = m[6], tonumber(m[7]), 0, false
     while short > 0 do
@@ -273,22 +289,43 @@ local function claim(n, grow_from, grow_by)
       redis.call('HSET', META, 'capacity', cap)
       redis.call('HINCRBY', META, 'growth_count', grown)
     end
-    if need_amount then return fail('GROW', cap) end
+    if need_amount then return nil, fail('GROW', cap) end
     if short > 0 then
       redis.call('HINCRBY', META, 'allocation_failures', n)
-      return fail('EXHAUSTED', cap, m[8], n, limit)
+      return nil, fail('EXHAUSTED', cap, m[8], n, limit)
     end
   end
-  local idx = {}
-  if free > 0 then idx = redis.call('RPOP', FREE, math.min(n, free)) end
+  m[3] = cap
+  return m
+end
+
+-- Count n more slots in use in META (room(n) read m and made room for them), with `...`: more
+-- META fields and values to write.
+local function count_in(m, n, ...)
+  local in_use = tonumber(m[8]) + n
+  redis.call('HSET', META, 'in_use', in_use, 'peak', math.max(tonumber(m[9]), in_use),
+    'total_allocations', tonumber(m[10]) + n, ...)
+end
+
+-- n free indices: from the free list first, then never used ones from `hwm` on (the caller made
+-- sure they exist, and writes the new hwm). Returns them and the new hwm.
+local function take_indices(n, hwm)
+  local idx = redis.call('RPOP', FREE, n) or {}
   for k = #idx + 1, n do
     idx[k] = hwm
     hwm = hwm + 1
   end
-  local in_use = tonumber(m[8]) + n
-  redis.call('HSET', META, 'hwm', hwm, 'in_use', in_use, 'peak', math.max(tonumber(m[9]), in_use),
-    'total_allocations', tonumber(m[10]) + n)
-  return idx, cap
+  return idx, hwm
+end
+
+-- Take n slots (room, indices, counted in use): returns their indices and META's fields as room()
+-- gives them, or the error reply (and nil). The caller gives them an owner and their data.
+local function claim(n, grow_from, grow_by)
+  local m, bad = room(n, grow_from, grow_by)
+  if not m then return bad end
+  local idx, hwm = take_indices(n, tonumber(m[4]))
+  count_in(m, n, 'hwm', hwm)
+  return idx, m
 end
 """
 
@@ -388,10 +425,10 @@ return 1
 # Returns {capacity, index1, generation1, ...[, previous payloads...]}.
 ALLOCATE = _once("allocate", "", """
 local client, n = ARGV[2], tonumber(ARGV[3])
-local idx, cap = claim(n, tonumber(ARGV[4]), tonumber(ARGV[5]))
-if not cap then return idx end
-local gens, floor = batched('HMGET', GEN, idx, CHUNK), floor_of()
-local owner_args, reply = {}, {cap}
+local idx, m = claim(n, tonumber(ARGV[4]), tonumber(ARGV[5]))
+if not m then return idx end
+local gens, floor = batched('HMGET', GEN, idx, CHUNK), tonumber(m[12]) or 1
+local owner_args, reply = {}, {m[3]}
 for k = 1, n do
   owner_args[2 * k - 1], owner_args[2 * k] = idx[k], client
   reply[2 * k], reply[2 * k + 1] = tonumber(idx[k]), tonumber(gens[k]) or floor
@@ -412,7 +449,8 @@ return reply
 # ARGV[2...]: index1, generation1, index2, generation2, ... All are checked before
 # any is freed: one bad handle releases nothing. Returns the count released.
 RELEASE = _once("release", ALLOW_OOM, """
-local m = redis.call('HMGET', META, 'layout', 'incarnation', 'capacity', 'in_use', 'total_deallocations')
+local m = redis.call('HMGET', META, 'layout', 'incarnation', 'capacity', 'in_use', 'total_deallocations', 'floor',
+  'max_gen')
 local bad = not_a_pool(m[1], m[2])
 if bad then return bad end
 local cap, n, idx = tonumber(m[3]), (#ARGV - 2) / 2, {}
@@ -422,7 +460,7 @@ for k = 1, n do
 end
 local gens = batched('HMGET', GEN, idx, CHUNK)
 local owners = batched('HMGET', OWNER, idx, CHUNK)
-local seen, per_owner, floor = {}, {}, floor_of()
+local seen, per_owner, floor = {}, {}, tonumber(m[6]) or 1
 for k = 1, n do
   local i, g, cur = idx[k], tonumber(ARGV[2 * k + 1]), tonumber(gens[k]) or floor
   if g < floor then return fail('LOST', i, g, floor) end
@@ -430,8 +468,8 @@ for k = 1, n do
   seen[i] = true
   per_owner[owners[k]] = (per_owner[owners[k]] or 0) + 1
 end
-free_slots(idx, gens)
-redis.call('HSET', META, 'in_use', tonumber(m[4]) - n, 'total_deallocations', tonumber(m[5]) + n)
+free_slots(idx, gens, floor, tonumber(m[7]) or 1,
+  {'in_use', tonumber(m[4]) - n, 'total_deallocations', tonumber(m[5]) + n})
 for owner, count in pairs(per_owner) do
   if redis.call('HINCRBY', OWNED, owner, -count) <= 0 then redis.call('HDEL', OWNED, owner) end
 end
@@ -653,6 +691,9 @@ MAX_CHANNELS = 64
 
 # Every channel script gets the pool's keys, then KEYS[8] the channel table and KEYS[9] the taken
 # slots, then (but CHANNEL_OPEN) the keys of one or more channels, three each (queue_keys).
+# A script's work grows with its batch: a put of n items is one RPUSH of n payloads and a get one
+# LPOP of up to n, besides a fixed handful of calls (request record, META, counters, wake-ups);
+# nothing per item but in get_handle, put_handle and a requeue, which move one slot each.
 _CHANNELS = """
 local CHANNELS, TAKEN = KEYS[8], KEYS[9]
 local MAX_CHANNELS = @MAX_CHANNELS@
@@ -664,17 +705,18 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
--- Is channel ch's content of the pool's current epoch? After the server lost writes (NEW_EPOCH
--- freed every slot), what a channel still lists names slots that are no longer its own.
-local function is_current(ch)
-  return (redis.call('HGET', CHANNELS, ch .. ':epoch') or '0') == (redis.call('HGET', META, 'epoch') or '0')
+-- Is channel ch's content of the pool's current epoch (`epoch`: META's, false before the first
+-- loss)? After the server lost writes (NEW_EPOCH freed every slot and counted none in use), what
+-- a channel still lists is not counted in the pool.
+local function is_current(ch, epoch)
+  return (redis.call('HGET', CHANNELS, ch .. ':epoch') or '0') == (epoch or '0')
 end
 
 -- Empty channel ch if the server lost writes since it was last used (see is_current).
-local function make_current(ch, list, wake, waiters)
-  if not is_current(ch) then
-    redis.call('DEL', list, wake, waiters)
-    redis.call('HSET', CHANNELS, ch .. ':epoch', redis.call('HGET', META, 'epoch') or '0')
+local function make_current(ch, epoch, list, wake, waiters)
+  if not is_current(ch, epoch) then
+    redis.call('UNLINK', list, wake, waiters)
+    redis.call('HSET', CHANNELS, ch .. ':epoch', epoch or '0')
   end
 end
 
@@ -691,25 +733,27 @@ local function wake_waiters(count, wake, waiters)
   redis.call('PEXPIRE', wake, WAKE_TTL)
 end
 
--- The slot's next generation (its old handles turn stale), kept below the epoch's ceiling.
-local function bump(i, g)
-  local next_g = next_generation(g, floor_of())
+-- Slot i, held by `owner` at generation g, becomes a queued item: its index goes back to the free
+-- list under the next generation (every handle to it turns stale), its owner owns one fewer. It
+-- stays counted in use: the item the caller queues is that slot now. `floor`, `top`: META's floor
+-- and max_gen (as numbers); returns the new max_gen.
+local function queue_slot(i, g, owner, floor, top)
+  local next_g = next_generation(g, floor)
   redis.call('HSET', GEN, i, next_g)
-  if next_g > (tonumber(redis.call('HGET', META, 'max_gen')) or 1) then redis.call('HSET', META, 'max_gen', next_g) end
-  return next_g
-end
-
--- Slot i leaves its owner (a client) to be queued.
-local function disown(i)
-  local owner = redis.call('HGET', OWNER, i)
+  if next_g > top then
+    top = next_g
+    redis.call('HSET', META, 'max_gen', top)
+  end
   redis.call('HDEL', OWNER, i)
-  if owner and redis.call('HINCRBY', OWNED, owner, -1) <= 0 then redis.call('HDEL', OWNED, owner) end
+  if redis.call('HINCRBY', OWNED, owner, -1) <= 0 then redis.call('HDEL', OWNED, owner) end
+  redis.call('RPUSH', FREE, i)
+  return top
 end
 """.replace("@MAX_CHANNELS@", str(MAX_CHANNELS))
 
 
-def _channel_once(name: str, flags: str, body: str) -> Script:
-    return _once(name, flags, body, _CHANNELS)
+def _channel_once(name: str, flags: str, body: str, helpers: str = "") -> Script:
+    return _once(name, flags, body, _CHANNELS + helpers)
 
 
 # ARGV[2]: the channel's name. Returns its number (a new one if the pool had none of that name).
@@ -727,34 +771,37 @@ return count
 """)
 
 # KEYS[10..12]: the channel's. ARGV[2...]: channel number, count n, capacity the custom growth
-# amount was computed from (-1: none), that amount, then n payloads. Takes n free slots (all or
-# none, growing as allocate does), stores the payloads, queues the slots at the tail. Returns n.
-CHANNEL_PUT = _once("channel_put", "", """
+# amount was computed from (-1: none), that amount, then n payloads. Makes room for n slots (all
+# or none, growing as allocate does), counts them in use and queues the payloads at the tail.
+# Returns n.
+CHANNEL_PUT = _channel_once("channel_put", "", """
 local LIST, WAKE, WAITERS = KEYS[10], KEYS[11], KEYS[12]
 local ch, n = ARGV[2], tonumber(ARGV[3])
-local idx, cap = claim(n, tonumber(ARGV[4]), tonumber(ARGV[5]))
-if not cap then return idx end
-make_current(ch, LIST, WAKE, WAITERS)
-local data_args = {}
-for k = 1, n do data_args[2 * k - 1], data_args[2 * k] = idx[k], ARGV[5 + k] end
-batched('HSET', DATA, data_args, 2 * CHUNK)
-batched('RPUSH', LIST, idx, CHUNK)
+local m, bad = room(n, tonumber(ARGV[4]), tonumber(ARGV[5]))
+if not m then return bad end
+count_in(m, n)
+make_current(ch, m[11], LIST, WAKE, WAITERS)
+for first = 6, 5 + n, CHUNK do
+  redis.call('RPUSH', LIST, unpack(ARGV, first, math.min(first + CHUNK - 1, 5 + n)))
+end
 redis.call('HINCRBY', CHANNELS, ch .. ':puts', n)
 wake_waiters(n, WAKE, WAITERS)
 return n
-""", _CHANNELS + _CLAIM)
+""", _CLAIM)
 
 # KEYS[10..12]: the channel's. ARGV[2...]: channel number, index, generation. Queues an allocated
-# slot (zero copy) at the tail under its next generation: the handle given is stale from now on.
+# slot's payload at the tail (the client sends no data) and frees its index under its next
+# generation: the handle given is stale from now on.
 CHANNEL_PUT_HANDLE = _channel_once("channel_put_handle", "", """
 local LIST, WAKE, WAITERS = KEYS[10], KEYS[11], KEYS[12]
 local ch, i = ARGV[2], ARGV[3]
-local bad = check_handle(i, ARGV[4])
+local bad, m, owner = check_handle(i, ARGV[4])
 if bad then return bad end
-make_current(ch, LIST, WAKE, WAITERS)
-bump(i, tonumber(ARGV[4]))
-disown(i)
-redis.call('RPUSH', LIST, i)
+local payload = redis.call('HGET', DATA, i)
+if not payload then return fail('EMPTY', i) end
+make_current(ch, m[5], LIST, WAKE, WAITERS)
+queue_slot(i, tonumber(ARGV[4]), owner, m[4], tonumber(m[6]) or 1)
+redis.call('RPUSH', LIST, payload)
 redis.call('HINCRBY', CHANNELS, ch .. ':puts', 1)
 wake_waiters(1, WAKE, WAITERS)
 return 1
@@ -762,18 +809,20 @@ return 1
 
 # KEYS[10..12]: the channel's. ARGV[2...]: channel number, most items to take, 'value' or 'handle',
 # client id, waiter ('' none), its wait in ms. Takes up to that many items from the head:
-# 'value' reads and frees their slots and returns the payloads; 'handle' hands the slots to the
-# client (recorded in TAKEN, for a requeue if its lease expires) and returns {index, generation,
-# ...}. Finding none, returns {} and registers the waiter, if any, as waiting that long.
+# 'value' counts them out of the slots in use and returns their payloads; 'handle' gives each a
+# free index (its put made room for it), stores its payload there and hands the slot to the client
+# (recorded in TAKEN, for a requeue if its lease expires), and returns {index, generation, ...}.
+# Finding none, returns {} and registers the waiter, if any, as waiting that long.
 CHANNEL_GET = _channel_once("channel_get", ALLOW_OOM, """
 local LIST, WAKE, WAITERS = KEYS[10], KEYS[11], KEYS[12]
 local ch, most, client, waiter = ARGV[2], tonumber(ARGV[3]), ARGV[5], ARGV[6]
-local m = redis.call('HMGET', META, 'layout', 'incarnation', 'in_use', 'total_deallocations')
+local m = redis.call('HMGET', META, 'layout', 'incarnation', 'in_use', 'total_deallocations', 'epoch', 'hwm',
+  'floor')
 local bad = not_a_pool(m[1], m[2])
 if bad then return bad end
-make_current(ch, LIST, WAKE, WAITERS)
-local idx = redis.call('LPOP', LIST, most)
-if not idx then
+make_current(ch, m[5], LIST, WAKE, WAITERS)
+local items = redis.call('LPOP', LIST, most)
+if not items then
   if waiter ~= '' then
     local now = now_ms()
     redis.call('ZREMRANGEBYSCORE', WAITERS, '-inf', now)
@@ -782,37 +831,39 @@ if not idx then
   return {}
 end
 if waiter ~= '' then redis.call('ZREM', WAITERS, waiter) end
-local n = #idx
+local n = #items
 redis.call('HINCRBY', CHANNELS, ch .. ':gets', n)
-local gens = batched('HMGET', GEN, idx, CHUNK)
 if ARGV[4] == 'value' then
-  local payloads = batched('HMGET', DATA, idx, CHUNK)
-  free_slots(idx, gens)
   redis.call('HSET', META, 'in_use', tonumber(m[3]) - n, 'total_deallocations', tonumber(m[4]) + n)
-  return payloads
+  return items
 end
-local floor, reply, owner_args, taken_args = floor_of(), {}, {}, {}
+local idx, hwm = take_indices(n, tonumber(m[6]))
+if hwm ~= tonumber(m[6]) then redis.call('HSET', META, 'hwm', hwm) end
+local gens = batched('HMGET', GEN, idx, CHUNK)
+local floor, reply, owner_args, data_args, taken_args = tonumber(m[7]) or 1, {}, {}, {}, {}
 for k = 1, n do
   local g = tonumber(gens[k]) or floor
   reply[2 * k - 1], reply[2 * k] = tonumber(idx[k]), g
   owner_args[2 * k - 1], owner_args[2 * k] = idx[k], client
+  data_args[2 * k - 1], data_args[2 * k] = idx[k], items[k]
   taken_args[2 * k - 1], taken_args[2 * k] = idx[k], client .. ' ' .. g .. ' ' .. ch
 end
 batched('HSET', OWNER, owner_args, 2 * CHUNK)
+batched('HSET', DATA, data_args, 2 * CHUNK)
 batched('HSET', TAKEN, taken_args, 2 * CHUNK)
 redis.call('HINCRBY', OWNED, client, n)
 return reply
-""")
+""", _CLAIM)
 
 # KEYS[10..12]: the channel's. ARGV[2...]: channel number, waiter, its wait in ms. For a waiter
 # that takes nothing itself (an asyncio loop's helper): the channel's length if it has items,
 # else 0, registering the waiter. Safe to send again as it is.
 CHANNEL_WAIT = Script("channel_wait", _lua() + _PRELUDE + _CHANNELS + """
 local LIST, WAKE, WAITERS = KEYS[10], KEYS[11], KEYS[12]
-local m = redis.call('HMGET', META, 'layout', 'incarnation')
+local m = redis.call('HMGET', META, 'layout', 'incarnation', 'epoch')
 local bad = not_a_pool(m[1], m[2])
 if bad then return bad end
-make_current(ARGV[2], LIST, WAKE, WAITERS)
+make_current(ARGV[2], m[3], LIST, WAKE, WAITERS)
 local length = redis.call('LLEN', LIST)
 if length > 0 then return length end
 local now = now_ms()
@@ -824,7 +875,7 @@ return 0
 # KEYS[10...]: three per channel of ARGV[2...] (channel numbers). Returns per channel
 # {length, puts, gets, requeued, waiting}, flattened.
 CHANNEL_STATISTICS = Script("channel_statistics", _lua(READ) + _PRELUDE + _CHANNELS + """
-local m = redis.call('HMGET', META, 'layout', 'incarnation')
+local m = redis.call('HMGET', META, 'layout', 'incarnation', 'epoch')
 local bad = not_a_pool(m[1], m[2])
 if bad then return bad end
 local out, now = {}, now_ms()
@@ -832,7 +883,7 @@ for k = 2, #ARGV do
   local ch, base = ARGV[k], 10 + 3 * (k - 2)
   local c = redis.call('HMGET', CHANNELS, ch .. ':puts', ch .. ':gets', ch .. ':requeued')
   local length = 0
-  if is_current(ch) then length = redis.call('LLEN', KEYS[base]) end
+  if is_current(ch, m[3]) then length = redis.call('LLEN', KEYS[base]) end
   for _, v in ipairs({length, tonumber(c[1]) or 0, tonumber(c[2]) or 0, tonumber(c[3]) or 0,
                       redis.call('ZCOUNT', KEYS[base + 2], now, '+inf')}) do out[#out + 1] = v end
 end
@@ -851,12 +902,13 @@ return 1
 """)
 
 # One step of a requeue: puts the slots that clients whose lease expired took from a channel
-# (get_handle) and still own back at the head of that channel, among the next ~STEP entries of
-# TAKEN (HSCAN from cursor ARGV[2]); drops the entries that no longer hold (released, put on).
-# ARGV[3]: the number of channels (KEYS[10...]: three per channel, in number order, then the
-# leases of the clients in ARGV[4...]). Returns {next cursor, slots requeued}.
+# (get_handle) and still own back at the head of that channel (their payloads; their indices
+# freed under the next generation), among the next ~STEP entries of TAKEN (HSCAN from cursor
+# ARGV[2]); drops the entries that no longer hold (released, put on). ARGV[3]: the number of
+# channels (KEYS[10...]: three per channel, in number order, then the leases of the clients in
+# ARGV[4...]). Returns {next cursor, slots requeued}.
 CHANNEL_REQUEUE = _channel_once("channel_requeue", ALLOW_OOM, """
-local m = redis.call('HMGET', META, 'layout', 'incarnation')
+local m = redis.call('HMGET', META, 'layout', 'incarnation', 'epoch', 'floor', 'max_gen')
 local bad = not_a_pool(m[1], m[2])
 if bad then return bad end
 local channels, dead = tonumber(ARGV[3]), {}
@@ -864,21 +916,21 @@ for k = 4, #ARGV - 1 do
   if redis.call('EXISTS', KEYS[10 + 3 * channels + k - 4]) == 0 then dead[ARGV[k]] = true end
 end
 local scan = redis.call('HSCAN', TAKEN, ARGV[2], 'COUNT', STEP)
-local flat, floor, requeued, gone = scan[2], floor_of(), 0, {}
+local flat, floor, top, requeued, gone = scan[2], tonumber(m[4]) or 1, tonumber(m[5]) or 1, 0, {}
 for k = 1, #flat, 2 do
   local i = flat[k]
   local client, g, ch = string.match(flat[k + 1], '^(%S+) (%d+) (%d+)$')
   g, ch = tonumber(g), tonumber(ch)
   local holds = client and g >= floor and redis.call('HGET', OWNER, i) == client
     and (tonumber(redis.call('HGET', GEN, i)) or floor) == g
+  local payload = holds and dead[client] and ch < channels and redis.call('HGET', DATA, i)
   if not holds then
     gone[#gone + 1] = i
-  elseif dead[client] and ch < channels then  -- (a channel opened since the caller counted: next walk)
+  elseif payload then  -- (a channel opened since the caller counted: next walk)
     local base = 10 + 3 * ch
-    make_current(ch, KEYS[base], KEYS[base + 1], KEYS[base + 2])
-    bump(i, g)
-    disown(i)
-    redis.call('LPUSH', KEYS[base], i)
+    make_current(ch, m[3], KEYS[base], KEYS[base + 1], KEYS[base + 2])
+    top = queue_slot(i, g, client, floor, top)
+    redis.call('LPUSH', KEYS[base], payload)
     redis.call('HINCRBY', CHANNELS, ch .. ':requeued', 1)
     wake_waiters(1, KEYS[base + 1], KEYS[base + 2])
     gone[#gone + 1] = i

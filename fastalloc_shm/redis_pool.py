@@ -72,6 +72,7 @@ from ._redis_scripts import (
     GOODBYE,
     INDEX_LIMIT,
     LAYOUT,
+    MAX_BATCH,
     META_PATTERN,
     NEW_CLIENT,
     NEW_EPOCH,
@@ -140,6 +141,14 @@ _open_pools: weakref.WeakSet[RedisPool] = weakref.WeakSet()
 _FIRST_PAUSE, _LAST_PAUSE = 0.001, 0.05
 
 
+def _check_batch(method: str, count: int, what: str) -> None:
+    """ValueError unless a batch of `count` fits one script call (MAX_BATCH)."""
+    if count > MAX_BATCH:
+        raise ValueError(f"{method}: {count} {what} in one call, more than the {MAX_BATCH} a RedisPool call may"
+                         f" move (MAX_BATCH: each call is one script, and Redis serves no other client while it"
+                         f" runs); pass at most {MAX_BATCH} a call")
+
+
 def _check_timeout(timeout: float) -> float:
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 <= timeout < float("inf"):
         raise ValueError(f"timeout: seconds, finite and >= 0 (or None), got {timeout!r}")
@@ -167,6 +176,9 @@ class RedisPool(Pool):
     ...     pool.get(h)
     {'id': 1}
     """
+
+    # Most values or handles one allocate_many/release_many (or a channel's put_many/get_many) moves.
+    MAX_BATCH = MAX_BATCH
 
     # Class-level defaults: repr() and close() work even if __init__ failed half-way.
     _name = ""
@@ -365,8 +377,15 @@ class RedisPool(Pool):
                 pause = min(pause * 2, _LAST_PAUSE)
 
     def allocate_many(self, values: Iterable[Any]) -> list[int]:
-        """Store every value, in one round trip; all or none (PoolExhausted allocates nothing)."""
+        """Store every value, in one round trip; all or none (PoolExhausted allocates nothing).
+
+        At most MAX_BATCH (1,000) values a call, else ValueError before anything is sent: the call is
+        one script, and Redis serves no other client while a script runs. Not split into several
+        scripts, which would make the batch no longer all or nothing: allocate in batches of at most
+        MAX_BATCH, each all or nothing by itself."""
         self._check_open()
+        values = list(values)
+        _check_batch("allocate_many", len(values), "values")
         payloads = [self._pack(value) for value in values]
         if not payloads:
             return []
@@ -391,11 +410,15 @@ class RedisPool(Pool):
         self._once(RELEASE, [*unpack(handle)])
 
     def release_many(self, handles: Iterable[int]) -> None:
-        """Release every handle, in one round trip; if any is stale or invalid, none is released."""
+        """Release every handle, in one round trip; if any is stale or invalid, none is released.
+
+        At most MAX_BATCH (1,000) handles a call, else ValueError before anything is sent (one script
+        each, as allocate_many; split, a stale handle in one part would not stop the others)."""
         self._check_open()
         args: list[int] = []
         for handle in handles:
             args.extend(unpack(handle))
+        _check_batch("release_many", len(args) // 2, "handles")
         if args:
             self._once(RELEASE, args)
 

@@ -28,6 +28,8 @@ import pytest
 import redis
 
 from fastalloc_shm import ChannelEmpty, ConfigError, FastallocError, PoolExhausted, RedisPool, StaleHandle
+from fastalloc_shm.handle import unpack
+from fastalloc_shm.redis_pool import MAX_BATCH
 
 from .redis_servers import faulty_link, redis_cluster, redis_server
 
@@ -157,6 +159,88 @@ def test_put_many_is_all_or_nothing_and_each_batch_one_round_trip(redis_url, poo
             todo.put_many(range(65), timeout=0)  # all or nothing
         assert len(todo) == 0 and len(pool) == 0
     raw.close()
+
+
+def test_a_batch_costs_a_fixed_number_of_redis_commands_whatever_its_size(redis_url, pool_name):
+    """A put_many is one RPUSH of the payloads and a get_many one LPOP (besides a fixed handful of calls
+    for the request record, counters and wake-ups): nothing per item, as with a plain Redis list."""
+    raw = redis.Redis.from_url(redis_url)
+    with RedisPool.create(pool_name, url=redis_url, capacity=MAX_BATCH, lease_ttl=60) as pool:
+        todo = pool.channel("todo")
+
+        def commands(n: int) -> int:
+            raw.config_resetstat()
+            todo.put_many(range(n))
+            assert todo.get_many(n) == list(range(n))
+            stats = raw.info("commandstats")
+            return sum(v["calls"] for k, v in stats.items() if k not in ("cmdstat_evalsha", "cmdstat_config"))
+
+        commands(1)  # warm-up: scripts loaded, the server's identity checked
+        assert commands(1) == commands(MAX_BATCH) <= 20
+    raw.close()
+
+
+def test_a_queued_item_counts_as_a_slot_in_use_and_holds_no_index(redis_url, pool_name):
+    """Queued items are payloads in the channel's list: no slot index, owner or data entry is written for
+    them, yet the pool counts them in use, so an allocation cannot take the room they hold."""
+    raw = redis.Redis.from_url(redis_url)
+    tag = f"{{fastalloc.{pool_name}}}"
+    with RedisPool.create(pool_name, url=redis_url, capacity=4) as pool:
+        todo = pool.channel("todo")
+        todo.put_many(["a", "b", "c"])
+        assert raw.lrange(f"{tag}:chan:0", 0, -1) == [pool._pack(v) for v in "abc"]
+        assert raw.exists(f"{tag}:owner", f"{tag}:data", f"{tag}:free") == 0
+        assert len(pool) == 3
+        mine = pool.allocate("mine")  # the fourth slot
+        with pytest.raises(PoolExhausted):
+            pool.allocate("one too many")
+        with pytest.raises(PoolExhausted):
+            todo.put("one too many", timeout=0)
+        assert todo.get() == "a" and len(pool) == 3
+        taken = todo.get_handle(timeout=0)  # an index now, with its payload
+        assert pool.get(taken) == "b" and unpack(taken)[0] != unpack(mine)[0]
+        assert pool.allocate("room again") and len(pool) == 4
+    raw.close()
+
+
+def test_a_batch_over_max_batch_is_refused_by_put_many_and_capped_by_get_many(redis_url, pool_name):
+    """Issue 23, deliver 4: no script moves more than MAX_BATCH slots. put_many is all or nothing in one
+    script, so a bigger batch is refused before anything is sent; get_many takes up to max_items, so it
+    takes at most MAX_BATCH in its one script."""
+    raw = redis.Redis.from_url(redis_url)
+    with RedisPool.create(pool_name, url=redis_url, capacity=3 * MAX_BATCH, lease_ttl=60) as pool:
+        todo = pool.channel("todo")
+        before = evalsha_calls(raw)
+        with pytest.raises(ValueError, match=f"put_many: {MAX_BATCH + 1} values .* the {MAX_BATCH} a RedisPool"):
+            todo.put_many(range(MAX_BATCH + 1))
+        assert evalsha_calls(raw) == before and len(todo) == 0 and len(pool) == 0
+        todo.put_many(range(MAX_BATCH))
+        todo.put_many(range(MAX_BATCH, MAX_BATCH + 10))
+        before = evalsha_calls(raw)
+        assert todo.get_many(5 * MAX_BATCH) == list(range(MAX_BATCH))
+        assert evalsha_calls(raw) - before == 1
+        assert todo.get_many(5 * MAX_BATCH) == list(range(MAX_BATCH, MAX_BATCH + 10))
+        assert len(pool) == 0
+    raw.close()
+
+
+def test_items_queued_before_the_server_lost_writes_are_gone_and_not_counted(pool_name):
+    """After a restart from an older snapshot the pool moves to a new epoch with no slot in use: the
+    channel's items of the old epoch go too (none comes out twice, none counts against the capacity)."""
+    with redis_server() as server:
+        raw = redis.Redis.from_url(server.url)
+        with RedisPool.create(pool_name, url=server.url, capacity=4, lease_ttl=60) as pool:
+            todo = pool.channel("todo")
+            todo.put_many(["old 1", "old 2", "old 3"])
+            raw.save()
+            todo.put("lost")
+            raw.close()
+            server.restart()
+            assert len(todo) == 0 and len(pool) == 0
+            with pytest.raises(ChannelEmpty):
+                todo.get(timeout=0)
+            todo.put_many(["new 1", "new 2", "new 3", "new 4"])  # the whole capacity is free again
+            assert todo.get_many(8) == ["new 1", "new 2", "new 3", "new 4"] and len(pool) == 0
 
 
 def test_put_handle_moves_the_slot_and_makes_the_old_handle_stale(where, pool_name):

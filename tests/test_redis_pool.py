@@ -34,7 +34,7 @@ from fastalloc_shm import (
     StaleHandle,
 )
 from fastalloc_shm.handle import unpack
-from fastalloc_shm.redis_pool import RedisUnavailable, SharedMemoryOnly, list_pools, unlink_pool
+from fastalloc_shm.redis_pool import MAX_BATCH, RedisUnavailable, SharedMemoryOnly, list_pools, unlink_pool
 
 from .redis_servers import free_port, redis_cluster, redis_server, tls_certificates
 
@@ -138,12 +138,30 @@ def test_allocate_many_and_release_many_are_one_round_trip_each(redis_url, pool_
         assert len({unpack(h)[0] for h in handles}) == 100
 
 
-def test_batches_larger_than_luas_unpack_limit_work(redis_url, pool_name):
-    with RedisPool.create(pool_name, url=redis_url, capacity=12_000, slot_size=16) as pool:
-        handles = pool.allocate_many(range(10_000))
-        assert [pool.get(h) for h in handles[::2500]] == [0, 2500, 5000, 7500]
+def test_a_batch_of_max_batch_slots_is_one_script_and_one_more_is_refused_up_front(redis_url, pool_name, raw):
+    """Issue 23, deliver 4: no script moves more than MAX_BATCH slots. allocate_many and release_many are
+    all or nothing in one script, so a bigger batch is refused before anything is sent, not split."""
+    def script_calls() -> int:
+        return raw.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0)
+
+    with RedisPool.create(pool_name, url=redis_url, capacity=3 * MAX_BATCH, slot_size=32, lease_ttl=60) as pool:
+        pool.release(pool.allocate("register this client first"))
+        before = script_calls()
+        with pytest.raises(ValueError, match=f"allocate_many: {MAX_BATCH + 1} values .* the {MAX_BATCH} a RedisPool"):
+            pool.allocate_many(range(MAX_BATCH + 1))
+        assert script_calls() == before
+        handles = pool.allocate_many(range(MAX_BATCH))
+        extra = pool.allocate("one more")
+        assert script_calls() - before == 2
+        with pytest.raises(ValueError, match=f"release_many: {MAX_BATCH + 1} handles .* the {MAX_BATCH} a RedisPool"):
+            pool.release_many([*handles, extra])
+        assert script_calls() - before == 2
+        assert len(pool) == MAX_BATCH + 1  # none released
+        assert [pool.get(h) for h in handles[::250]] == [0, 250, 500, 750]
+        before = script_calls()
         pool.release_many(handles)
-        assert len(pool) == 0
+        assert script_calls() - before == 1 and len(pool) == 1
+    assert RedisPool.MAX_BATCH == MAX_BATCH == 1000
 
 
 # -- growth -------------------------------------------------------------------------------
