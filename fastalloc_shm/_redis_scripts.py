@@ -67,7 +67,8 @@ EPOCH_MARGIN = 1 << 20
 INDEX_LIMIT = INDEX_MASK + 1
 # Most slots one script call may take, free or move (allocate_many, release_many, a channel's
 # put_many and get_many): Redis runs one script at a time, so a call's work must stay small for
-# other clients' commands to wait little behind it (about 0.1-0.3 ms per 1,000 slots here).
+# other clients' commands to wait little behind it (a batch of 1,000: 0.3-0.5 ms of server time for a
+# channel's put_many or get_many, 2-2.5 ms for allocate_many or release_many; benchmarks/redis_script_cost.py).
 # Longer walks (recover, requeue) go by cursor instead, STEP slots per script.
 MAX_BATCH = 1000
 
