@@ -390,14 +390,16 @@ def test_a_queued_length_past_the_slot_is_damage_and_the_item_stays_at_the_head(
     assert todo.get_many(2, timeout=0) == ["first", "second"] and len(pool) == 0
 
 
-def test_get_many_stops_before_a_damaged_item_and_keeps_what_it_took(pool):
-    """A damaged item behind a sound one: get_many raises, the damaged item stays queued at the
-    head, and the sound one before it was consumed (read, freed, counted as a get)."""
+def test_get_many_stops_before_a_damaged_item_and_returns_what_it_took(pool):
+    """A damaged item behind a sound one: get_many returns the sound one (read, freed, counted as
+    a get), the damaged item stays queued at the head, and the next get raises for it."""
     todo = pool.channel("todo")
     todo.put_many(["a", "b"])
     second = meta(pool, channel_word(pool, 0, L.CH_HEAD) - 1)[L.META_SEQ] - 1
     words = meta(pool, second)
     put_meta(pool, second, words[:L.META_LEN] + [SLOT + 1] + words[L.META_LEN + 1:])
+    assert todo.get_many(2, timeout=0) == ["a"]
+    assert len(todo) == 1 and len(pool) == 1 and todo.statistics()["gets"] == 1
     with pytest.raises(FastallocError, match="longer than its slot"):
         todo.get_many(2, timeout=0)
     assert len(todo) == 1 and len(pool) == 1 and todo.statistics()["gets"] == 1
