@@ -44,13 +44,12 @@ Design:
 
 from __future__ import annotations
 
-import collections
-import threading
 import time
 import weakref
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, Generic
+from typing import TYPE_CHECKING, Any
 
+from ._async import AsyncChannel
 from ._base import V
 from ._redis_errors import ScriptError, pool_error
 from ._redis_scripts import (
@@ -68,7 +67,6 @@ from .errors import ChannelEmpty, PoolExhausted, SerializationError
 from .handle import INDEX_BITS, unpack
 
 if TYPE_CHECKING:
-    import asyncio
 
     from .redis_pool import RedisPool
 
@@ -90,7 +88,7 @@ def _check_timeout(timeout: float | None) -> float | None:
     return float(timeout)
 
 
-class RedisChannel(Generic[V]):
+class RedisChannel(AsyncChannel[V]):
     """A named FIFO of RedisPool `pool`'s slots on the server. Get one with `pool.channel(name)`.
 
     >>> todo = pool.channel("todo"); todo.put({"id": 1}); todo.get()  # doctest: +SKIP
@@ -105,7 +103,7 @@ class RedisChannel(Generic[V]):
         # Every script's keys but the caller's record key (appended per call: one per thread).
         self._keys = [*pool._keys, *channel_keys(pool.name), *queue]
         self._wake_key, self._waiters_key = queue[1], queue[2]
-        self._wakers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Waker] = weakref.WeakKeyDictionary()
+        self._wakers = weakref.WeakKeyDictionary()  # _async.AsyncChannel's helpers, one per event loop
 
     @property
     def name(self) -> str:
@@ -177,45 +175,10 @@ class RedisChannel(Generic[V]):
         values = self._pool._run(CHANNEL_STATISTICS, (self._number,), self._keys[len(self._pool._keys):])
         return {"name": self._name, **dict(zip(STATISTICS_FIELDS, values, strict=True))}
 
-    # -- asyncio ------------------------------------------------------------------------------
+    # -- asyncio (get_async, get_handle_async, put_async: _async.AsyncChannel) -----------------
 
-    async def get_async(self, timeout: float | None = None) -> V:
-        """`get` for asyncio: costs no thread per waiting task.
-
-        A cancelled wait takes no item (it is taken only when the task runs)."""
-        return await self._await(lambda: self.get(0), timeout)
-
-    async def get_handle_async(self, timeout: float | None = None) -> int:
-        """`get_handle` for asyncio, as `get_async`."""
-        return await self._await(lambda: self.get_handle(0), timeout)
-
-    async def put_async(self, value: V, timeout: float | None = None) -> None:
-        """`put` for asyncio: waits for a free slot without blocking the event loop between tries."""
-        from ._async import retry_until
-
-        return await retry_until(lambda: self.put(value, 0), PoolExhausted, timeout)
-
-    async def _await(self, attempt, timeout: float | None):
-        import asyncio
-
-        _check_timeout(timeout)
-        loop = asyncio.get_running_loop()
-        deadline = None if timeout is None else loop.time() + timeout
-        waker = self._waker(loop)
-        while True:
-            try:
-                return attempt()
-            except ChannelEmpty:
-                if deadline is not None and loop.time() >= deadline:
-                    raise self._empty(timeout) from None
-            remaining = None if deadline is None else max(0.0, deadline - loop.time())
-            await waker.wait(remaining)
-
-    def _waker(self, loop: asyncio.AbstractEventLoop) -> _Waker:
-        waker = self._wakers.get(loop)
-        if waker is None:
-            waker = self._wakers[loop] = _Waker(self, loop)
-        return waker
+    def _wait_context(self) -> Any:
+        return self._pool._lane()  # the helper thread's own connection
 
     # -- internals -----------------------------------------------------------------------
 
@@ -314,79 +277,6 @@ class RedisChannel(Generic[V]):
         except Exception as exc:  # msgpack raises several types; msgspec its ValidationError
             raise SerializationError(f"an item of channel {self._name!r} of pool {self._pool.name!r} cannot be"
                                      f" read as the pool's values ({exc}); its slot is released") from None
-
-
-class _Waker:
-    """One helper thread per (event loop, channel): it waits on the server (CHANNEL_WAIT, BLPOP)
-    while tasks of the loop wait, and wakes as many of them, oldest first, as there are items."""
-
-    def __init__(self, channel: RedisChannel, loop: asyncio.AbstractEventLoop) -> None:
-        self._channel = channel
-        self._loop = loop
-        self._sleepers: collections.deque[asyncio.Future] = collections.deque()  # the loop's thread only
-        self._woken = 0  # sleepers woken whose task has not run yet (the loop's thread only)
-        self._waiting = 0  # under _lock
-        self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
-
-    async def wait(self, timeout: float | None) -> None:
-        import asyncio
-
-        future = self._loop.create_future()
-        self._sleepers.append(future)
-        with self._lock:
-            self._waiting += 1
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._watch, name=f"fastalloc-{self._channel.name}",
-                                                daemon=True)
-                self._thread.start()
-        try:
-            await asyncio.wait_for(future, timeout)
-        except TimeoutError:
-            pass
-        finally:
-            with self._lock:
-                self._waiting -= 1
-            if future.done() and not future.cancelled():
-                self._woken -= 1
-            else:
-                future.cancel()
-                try:
-                    self._sleepers.remove(future)
-                except ValueError:
-                    pass
-
-    def _wake(self, items: int) -> None:
-        """In the loop: wake sleepers for `items` items, less those woken and not yet run."""
-        want = items - self._woken
-        while want > 0 and self._sleepers:
-            future = self._sleepers.popleft()
-            if not future.done():
-                future.set_result(None)
-                self._woken += 1
-                want -= 1
-
-    def _watch(self) -> None:
-        waiter = self._channel.pool._lane()  # this thread's own
-        while True:
-            with self._lock:
-                if not self._waiting:
-                    self._thread = None
-                    return
-            try:
-                items = self._channel._wait_for_items(waiter)
-                if items:
-                    self._loop.call_soon_threadsafe(self._wake, items)
-                    time.sleep(0.001)  # let the woken tasks take what is there
-            except Exception:  # noqa: BLE001 - the pool closed or the server is gone: the tasks raise themselves
-                with self._lock:
-                    self._thread = None
-                if not self._loop.is_closed():
-                    try:
-                        self._loop.call_soon_threadsafe(self._wake, 1 << 30)
-                    except RuntimeError:  # the loop closed meanwhile
-                        pass
-                return
 
 
 def _reopen(pool: RedisPool, name: str) -> RedisChannel:

@@ -17,17 +17,17 @@ consumer dies first, recovery puts it back at the head of its channel.
 
 from __future__ import annotations
 
-import threading
 import weakref
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, Generic, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from . import _names
+from ._async import AsyncChannel
 from ._base import V
 from .errors import ChannelEmpty
 
 if TYPE_CHECKING:
-    import asyncio  # imported when a coroutine first runs: every worker would pay ~40 ms at import otherwise
+    pass  # imported when a coroutine first runs: every worker would pay ~40 ms at import otherwise
 
 
 class _ChannelPool(Protocol):
@@ -40,19 +40,18 @@ class _ChannelPool(Protocol):
 
     def _check_open(self) -> None: ...
 
-# An asyncio waiter polls the channel without blocking the loop: one helper thread per
-# (event loop, channel) sleeps in the core's wait and wakes the loop's waiting tasks.
+# The asyncio helper thread (one per event loop and channel) sleeps in the core's wait this long at a time.
 _WAKE_SLICE = 0.05
 
 
-class Channel(Generic[V]):
+class Channel(AsyncChannel[V]):
     """A named FIFO of pool `pool`'s slots. Get one with `pool.channel(name)`."""
 
     def __init__(self, pool: _ChannelPool, name: str, number: int) -> None:
         self._pool = pool
         self._name = name
         self._number = number
-        self._wakers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Waker] = weakref.WeakKeyDictionary()
+        self._wakers = weakref.WeakKeyDictionary()  # _async.AsyncChannel's helpers, one per event loop
 
     @property
     def name(self) -> str:
@@ -110,98 +109,21 @@ class Channel(Generic[V]):
         same counters as `pool.statistics().channels[name]`, a ChannelStatistics, where each is described."""
         return self._core().channel_stats(self._number)
 
-    # -- asyncio ------------------------------------------------------------------------------
+    # -- asyncio (get_async, get_handle_async, put_async: _async.AsyncChannel) -----------------
 
-    async def get_async(self, timeout: float | None = None) -> V:
-        """`get` for asyncio: never blocks the event loop, costs no thread per waiting task.
+    def _empty(self, timeout: float | None) -> ChannelEmpty:
+        return ChannelEmpty(f"pool {self._pool.name!r}: channel {self._name!r} has no item"
+                            + ("" if not timeout else f" within {timeout:g} s"))
 
-        A cancelled wait takes no item (it is taken only when the task runs)."""
-        return await self._await(lambda: self.get(0), timeout)
-
-    async def get_handle_async(self, timeout: float | None = None) -> int:
-        return await self._await(lambda: self.get_handle(0), timeout)
-
-    async def put_async(self, value: V, timeout: float | None = None) -> None:
-        """`put` for asyncio: waits for a free slot without blocking the event loop."""
-        from ._async import retry_until
-        from .errors import PoolExhausted
-
-        return await retry_until(lambda: self.put(value, 0), PoolExhausted, timeout)
-
-    async def _await(self, attempt, timeout: float | None):
-        import asyncio
-
-        loop = asyncio.get_running_loop()
-        deadline = None if timeout is None else loop.time() + timeout
-        waker = self._waker(loop)
-        while True:
-            try:
-                return attempt()
-            except ChannelEmpty:
-                if deadline is not None and loop.time() >= deadline:
-                    raise ChannelEmpty(f"pool {self._pool.name!r}: channel {self._name!r} has no item "
-                                       f"within {timeout:g} s") from None
-            remaining = None if deadline is None else max(0.0, deadline - loop.time())
-            await waker.wait(remaining)
-
-    def _waker(self, loop: asyncio.AbstractEventLoop) -> _Waker:
-        waker = self._wakers.get(loop)
-        if waker is None:
-            waker = self._wakers[loop] = _Waker(self, loop)
-        return waker
-
-
-class _Waker:
-    """One helper thread per (event loop, channel): it sleeps in the core's wait for an item
-    while tasks of the loop wait, and wakes them all when one may be there."""
-
-    def __init__(self, channel: Channel, loop: asyncio.AbstractEventLoop) -> None:
-        import asyncio
-
-        self._channel = channel
-        self._loop = loop
-        self._waiters = 0
-        self._event = asyncio.Event()
-        self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
-
-    async def wait(self, timeout: float | None) -> None:
-        import asyncio
-
-        self._event.clear()
-        with self._lock:
-            self._waiters += 1
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._watch, name=f"fastalloc-{self._channel.name}", daemon=True)
-                self._thread.start()
-        try:
-            await asyncio.wait_for(self._event.wait(), timeout)
-        except TimeoutError:
-            pass
-        finally:
-            with self._lock:
-                self._waiters -= 1
-
-    def _watch(self) -> None:
-        stats = self._channel.statistics
-        while True:
-            with self._lock:
-                if not self._waiters:
-                    self._thread = None
-                    return
-            try:
-                if stats()["length"]:
-                    self._loop.call_soon_threadsafe(self._event.set)
-                    threading.Event().wait(0.0002)  # let the tasks take what is there
-                    continue
-                # Sleep in the core's futex wait: returns at a put (a peek that takes nothing).
-                self._channel._core().channel_wait(self._channel._number, _WAKE_SLICE)
-            except Exception:  # noqa: BLE001 - the pool closed: wake the tasks, they raise themselves
-                with self._lock:
-                    self._thread = None
-                if not self._loop.is_closed():
-                    self._loop.call_soon_threadsafe(self._event.set)
-                return
+    def _wait_for_items(self, context: Any) -> int:
+        """For the asyncio helper: the items there now, or after sleeping up to a slice in the
+        core's futex wait, which returns at a put (a peek that takes nothing)."""
+        core = self._core()
+        length = core.channel_stats(self._number)["length"]
+        if not length:
+            core.channel_wait(self._number, _WAKE_SLICE)
+            length = core.channel_stats(self._number)["length"]
+        return length
 
 
 def _reopen(pool_class, pool_name: str, channel_name: str) -> Channel:
