@@ -22,6 +22,7 @@ import logging
 import mmap
 import os
 import secrets
+import sys
 import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
@@ -48,6 +49,9 @@ _log = logging.getLogger("fastalloc_shm")
 _open_pools: weakref.WeakSet[SharedPool] = weakref.WeakSet()
 # The core's calls that the instance binds directly (see the module docstring).
 HOT_METHODS = ("allocate", "get", "set", "release", "allocate_many", "release_many")
+# References to a hot method the pool itself holds (its instance dict), plus the two of a look at
+# it (the local name and getrefcount's argument).
+_REFS_OF_A_HOT_METHOD = 3
 
 
 def _after_fork_in_child() -> None:
@@ -537,8 +541,25 @@ class SharedPool(Pool[V]):
             return (type(self).attach, (self._name,))
         return (functools.partial(type(self).attach, value_type=value_type), (self._name,))
 
+    def _hot_method_in_flight(self) -> bool:
+        """Does anyone but this pool hold one of its hot methods (the core's own callables)?"""
+        for name in HOT_METHODS:
+            method = self.__dict__.get(name)
+            if method is not None and sys.getrefcount(method) > _REFS_OF_A_HOT_METHOD:
+                return True
+        return False
+
     def __del__(self) -> None:
         try:
+            if not self._closed and self._hot_method_in_flight():
+                # A hot method of a pool nobody keeps, still to be called (`attach(name).get(h)`): it
+                # holds the core, not the pool. Leave the core to let go of the pool itself when that
+                # call is done (its dealloc unregisters this process and unmaps); only the fd goes now.
+                _open_pools.discard(self)
+                if self._segment is not None and self._segment.fd >= 0:
+                    os.close(self._segment.fd)
+                    self._segment.fd = -1
+                return
             self.close()
         except Exception:
             pass
