@@ -20,7 +20,7 @@ import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from ._base import V
+from ._value_types import V
 from .errors import ChannelEmpty, PoolExhausted
 
 if TYPE_CHECKING:

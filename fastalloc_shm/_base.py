@@ -14,8 +14,9 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar
+from typing import Any, Generic, Self
 
+from ._value_types import V
 from .config import PoolConfig
 from .errors import ConfigError, IncompatiblePool, PoolExhausted
 
@@ -23,15 +24,7 @@ NOTHING: Any = object()
 """A slot's previous value when it holds none (never used, or unreadable)."""
 
 
-# The type of a pool's values: its value_type for a typed pool (`FixedPool[Job]`), else Any. The
-# default (PEP 696) makes a plain `FixedPool.create(...)` a FixedPool[Any] under mypy --strict; only
-# type checkers read it (they bring typing_extensions), so the package does not depend on it.
-if TYPE_CHECKING:
-    from typing_extensions import TypeVar
 
-    V = TypeVar("V", default=Any)
-else:
-    V = TypeVar("V")
 
 
 class Pool(abc.ABC, Generic[V]):

@@ -47,10 +47,9 @@ from __future__ import annotations
 import time
 import weakref
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ._async import AsyncChannel
-from ._base import V
 from ._redis_errors import ScriptError, pool_error
 from ._redis_scripts import (
     CHANNEL_GET,
@@ -63,12 +62,12 @@ from ._redis_scripts import (
     channel_keys,
     queue_keys,
 )
+from ._value_types import V
 from .errors import ChannelEmpty, PoolExhausted, SerializationError
 from .handle import INDEX_BITS, unpack
 
-if TYPE_CHECKING:
-
-    from .redis_pool import RedisPool
+# The RedisPool a channel belongs to, named without importing redis_pool (which imports this module).
+RedisPool = Any
 
 # Seconds a waiter blocks in one BLPOP at most (and at most half the socket timeout, which must
 # outlast it); it then looks at the channel again and renews its registration.

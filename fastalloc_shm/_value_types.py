@@ -12,11 +12,23 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from .errors import ConfigError
+
+# The type of a pool's values: its value_type for a typed pool (`FixedPool[Job]`), else Any. The
+# default (PEP 696) makes a plain `FixedPool.create(...)` a FixedPool[Any] under mypy --strict; only
+# type checkers read it (they bring typing_extensions), so the package does not depend on it.
+if TYPE_CHECKING:
+    from typing_extensions import TypeVar
+
+    V = TypeVar("V", default=Any)
+else:
+    from typing import TypeVar
+
+    V = TypeVar("V")
 
 MAX_RECORDED = 1024  # bytes of schema kept readable in the config record (which has 3.5 KiB in all)
 DIGEST_PREFIX = "sha256:"

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from . import _names
 from ._async import AsyncChannel
-from ._base import V
+from ._value_types import V
 from .errors import ChannelEmpty
 
 if TYPE_CHECKING:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from . import _layout as L
-from ._base import V
+from ._value_types import V
 from .config import GrowthStrategy, PoolConfig
 from .pool import KindPolicy, SharedPool
 

@@ -33,11 +33,11 @@ import psutil
 from . import _callables, _codec, _core, _names, _trust
 from . import _layout as L
 from . import _segment as seg
-from ._base import NOTHING, Pool, V, build_config, check_same_config
+from ._base import NOTHING, Pool, build_config, check_same_config
 from ._growth import Grower
 from ._header import HalfCreated, encode_config, open_ready, write_header
 from ._messages import PoolErrors
-from ._value_types import difference, schema_of
+from ._value_types import V, difference, schema_of
 from .channel import Channel
 from .channel import validate_name as validate_channel_name
 from .config import PoolConfig
