@@ -369,6 +369,8 @@ class Connection:
             time.sleep(wait)
             try:
                 return self._attempt(target if kind == "ask" else where, command, asking, script, left)
+            except RedisNotDurable:
+                raise  # the write was applied, only unconfirmed: sending it again cannot confirm it sooner
             except (RedisError, OSError) as again:
                 exc = again
             finally:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import struct
 
+import msgspec
 import pytest
 
 from fastalloc_shm import FixedPool, ThreadLocalPool
@@ -1774,3 +1775,394 @@ def test_a_redis_pools_errors_name_the_pool_and_the_slot(redis_url, pool_name):
         other.close()  # its goodbye finds no pool: no error
         assert repr(other) == (f"<RedisPool {pool_name!r} at {redis_url}, slot_size={other.slot_size}, attached,"
                                " closed>")
+
+
+def _lease_thread(name):
+    import threading
+
+    return [t for t in threading.enumerate() if t.name == f"fastalloc-lease-{name}"]
+
+
+def _wait_for(condition, seconds: float, what: str) -> None:
+    import time
+
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.02)
+
+
+def _die_as_a_client(pool, keep_a_slot: bool, take_from: str | None = None) -> None:
+    """Fork a child that registers as a client of `pool` (allocates, or takes an item of channel
+    `take_from` by handle) and dies without a goodbye."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            if take_from is not None:
+                pool.channel(take_from).get_handle(timeout=0)
+            else:
+                handle = pool.allocate("the dead one's")
+                if not keep_a_slot:
+                    pool.release(handle)
+        finally:
+            os._exit(0)  # no finalizer runs: its lease expires, its registry entry stays
+    _, status = os.waitpid(pid, 0)
+    assert status == 0
+
+
+def test_a_redis_lease_thread_refreshes_prunes_the_dead_that_own_nothing_and_ends_with_the_pool(redis_url, pool_name):
+    """Kills redis_pool.py's _keep_lease mutants (the refresh's keys, ttl and cadence, the prune's cadence and
+    arguments, the end when the pool is gone), _register's (the lease thread's arguments, the first TOUCH) and
+    _prune's: a live client's lease never lapses and lasts its ttl; a client that died owning nothing leaves the
+    registry within about a lease period, a live one owning nothing never does; one that died owning a slot
+    stays (recover() needs it); an item a dead consumer took goes back to its channel's head with no call of
+    anyone's; the thread ends by itself once the pool is unlinked."""
+    import time
+
+    import redis
+
+    from fastalloc_shm import RedisPool
+    from fastalloc_shm._redis_scripts import lease_key, pool_keys
+
+    raw = redis.Redis.from_url(redis_url)
+    clients = pool_keys(pool_name)[6]
+    pool = RedisPool.create(pool_name, url=redis_url, capacity=4, lease_ttl=0.3)
+    try:
+        mine = pool.allocate("mine")
+        me = pool._client_id
+        lease = lease_key(pool_name, me)
+        assert 0 < raw.pttl(lease) <= 300 and raw.smembers(clients) == {str(me).encode()}
+        for _ in range(30):  # 1.5 s: five lease periods, the lease never gone between refreshes
+            assert raw.pttl(lease) > 0, "the lease lapsed between two refreshes"
+            time.sleep(0.05)
+        # A live client owning nothing, whose own refresh (every 1.7 s) would hide a wrong prune for long.
+        idle = RedisPool.attach(pool_name, url=redis_url, lease_ttl=5)
+        idle.release(idle.allocate("registered"))
+        todo = pool.channel("todo")
+        todo.put_many(["first", "second"])
+        _die_as_a_client(pool, keep_a_slot=True)
+        _die_as_a_client(pool, keep_a_slot=False)
+        _die_as_a_client(pool, keep_a_slot=False, take_from="todo")
+        assert len(raw.smembers(clients)) == 5 and len(todo) == 1
+        # Their leases expire after 0.3 s; the prune runs every third refresh (0.1 s apart).
+        _wait_for(lambda: len(raw.smembers(clients)) == 3, 3.0, "a dead client owning nothing was never pruned")
+        assert len(todo) == 2 and todo.get() == "first", "the dead consumer's item did not go back to the head"
+        for _ in range(50):  # 1 s of prunes: the dead owner of a slot stays, and so do the live clients
+            registered = {int(c) for c in raw.smembers(clients)}
+            assert {me, idle._client_id} <= registered and len(registered) == 3
+            time.sleep(0.02)
+        idle.close()
+        report = pool.recover()
+        assert report.orphans_kept == 1 and len(report.dead_clients) == 1 and report.dead_clients[0] != me
+        assert pool.get(mine) == "mine"
+        assert _lease_thread(pool_name), "the lease thread stopped while the pool exists"
+        pool.unlink()
+        _wait_for(lambda: not _lease_thread(pool_name), 2.0, "the lease thread outlived its pool")
+    finally:
+        pool.close()
+        raw.close()
+
+
+def test_a_redis_clients_goodbye_ends_its_lease_and_unregisters_it_unless_it_owns_slots(redis_url, pool_name):
+    """Kills redis_pool.py's _farewell mutants (its pid check, the join, the GOODBYE and its arguments) and
+    close()'s: closing a client ends its lease and its thread at once; it leaves the registry if it owns
+    nothing, and stays registered (for recover()) if it still owns a slot."""
+    import redis
+
+    from fastalloc_shm import RedisPool
+    from fastalloc_shm._redis_scripts import lease_key, pool_keys
+
+    raw = redis.Redis.from_url(redis_url)
+    clients = pool_keys(pool_name)[6]
+    try:
+        with RedisPool.create(pool_name, url=redis_url, capacity=4) as pool:
+            pool.allocate("the creator's")
+            holder = RedisPool.attach(pool_name, url=redis_url, lease_ttl=5)
+            kept = holder.allocate("handed on")
+            holder_id = holder._client_id
+            thread = _lease_thread(pool_name)[-1]
+            holder.close()
+            assert not thread.is_alive(), "close() returned before the lease thread ended"
+            assert raw.exists(lease_key(pool_name, holder_id)) == 0
+            assert str(holder_id).encode() in raw.smembers(clients), "a client owning a slot left the registry"
+            quitter = RedisPool.attach(pool_name, url=redis_url, lease_ttl=5)
+            quitter.release(quitter.allocate("gone"))
+            quitter_id = quitter._client_id
+            quitter.close()
+            assert raw.exists(lease_key(pool_name, quitter_id)) == 0
+            assert str(quitter_id).encode() not in raw.smembers(clients)
+            quitter.close()  # idempotent
+            assert pool.get(kept) == "handed on"
+            assert pool.recover(orphan_policy="reclaim").orphans_reclaimed == 1
+    finally:
+        raw.close()
+
+
+def test_a_redis_allocation_given_up_on_is_freed_by_the_lease_thread_or_at_goodbye(pool_name, caplog):
+    """Kills redis_pool.py's _keep_lease mutants around a failed refresh (logged, retried, not the end) and
+    its settling of abandoned allocations, _farewell's settling, and _settle's: an allocation whose reply
+    never came (RedisUnavailable) ran all the same; nobody holds its handle, so the lease thread frees it
+    once the server answers again, without any call of the user's, and a client that closes first frees
+    it in its goodbye."""
+    import logging
+
+    import redis
+
+    from fastalloc_shm import RedisPool
+    from fastalloc_shm.redis_pool import RedisUnavailable
+
+    from .redis_servers import faulty_link, redis_server
+
+    with redis_server() as server, faulty_link(server) as link:
+        raw = redis.Redis.from_url(server.url)
+        in_use = lambda: int(raw.hget(f"{{fastalloc.{pool_name}}}:meta", "in_use"))  # noqa: E731
+        url = link.url("?socket_timeout=0.3")
+        try:
+            with RedisPool.create(pool_name, url=url, capacity=8, lease_ttl=0.3) as pool, \
+                    caplog.at_level(logging.WARNING, logger="fastalloc_shm.redis_pool"):
+                kept = pool.allocate("kept")
+                link.black_hole(True)
+                with pytest.raises(RedisUnavailable):
+                    pool.allocate("lost reply")
+                assert in_use() == 2  # it ran
+                _wait_for(lambda: any("lease refresh failed, retrying in 0.10 s" in r.getMessage()
+                                      for r in caplog.records), 5.0, "a failed refresh was not logged")
+                link.black_hole(False)
+                _wait_for(lambda: in_use() == 1, 5.0, "the lease thread never freed the abandoned slot")
+                assert pool._abandoned == [] and _lease_thread(pool_name), "a failed refresh ended the thread"
+                assert pool.get(kept) == "kept"
+                # A client with a long lease (its thread will not settle soon) closes first: its goodbye frees it.
+                late = RedisPool.attach(pool_name, url=url, lease_ttl=60)
+                late.allocate("registered")
+                link.black_hole(True)
+                with pytest.raises(RedisUnavailable):
+                    late.allocate("lost too")
+                link.black_hole(False)
+                assert in_use() == 3 and len(late._abandoned) == 1
+                late.close()
+                assert in_use() == 2  # its abandoned slot freed; its live one kept (handed on, maybe)
+        finally:
+            raw.close()
+
+
+def test_a_redis_pools_channels_open_by_name_and_a_closed_pools_channel_says_closed(redis_url, pool_name):
+    """Kills redis_pool.py's channel mutants (the name unchecked or not passed on, another channel's number)
+    and _ClosedConnection._refuse's (its message): a pool's channels are told apart by name, reopened by
+    name, refused a bad name; a channel of a pool closed in this process says the pool is closed."""
+    from fastalloc_shm import ConfigError, FastallocError, RedisPool
+
+    with RedisPool.create(pool_name, url=redis_url, capacity=8) as pool:
+        todo, done = pool.channel("todo"), pool.channel("done")
+        assert (todo.name, done.name) == ("todo", "done")
+        todo.put("a job")
+        done.put("a result")
+        done.put("another")
+        assert (len(pool.channel("todo")), len(done)) == (1, 2)
+        assert pool.channel("todo").get() == "a job" and done.get() == "a result"
+        assert set(pool.statistics().channels) == {"todo", "done"}
+        with pytest.raises(ConfigError, match="at most 31 bytes"):
+            pool.channel("x" * 32)
+        with pytest.raises(ValueError):
+            pool.channel("bad/name")
+        done.get()
+        pool.close()
+        with pytest.raises(FastallocError) as raised:
+            len(done)
+        assert str(raised.value) == f"pool {pool_name!r} is closed in this process; attach again to use it"
+        with pytest.raises(FastallocError, match="is closed in this process"):
+            pool.channel("todo")
+
+
+def test_a_redis_pool_in_a_forked_child_registers_as_a_new_client_with_its_own_records(redis_url, pool_name):
+    """Kills redis_pool.py's _after_fork_in_child and _forget_client mutants, which mutmut reaches through no
+    test (they run in forked children, which it does not see): the hook runs here as a forked child's would.
+    The child is a new client: no client id, no finalizer of the parent's (closing must not end the parent's
+    lease), new request lanes and no share of the parent's abandoned calls; its first allocation registers it."""
+    import redis
+
+    from fastalloc_shm import RedisPool
+    from fastalloc_shm import redis_pool as module
+    from fastalloc_shm._redis_scripts import lease_key, pool_keys
+
+    raw = redis.Redis.from_url(redis_url)
+    pool = RedisPool.create(pool_name, url=redis_url, capacity=4, lease_ttl=5)
+    try:
+        parents = pool.allocate("the parent's")
+        parent_id, parent_lanes, parent_abandoned = pool._client_id, pool._lane_prefix, pool._abandoned
+        parent_lane = pool._lane()
+        module._after_fork_in_child()
+        assert pool._client_id is None and pool._farewell is None
+        assert pool._lane_prefix != parent_lanes and pool._lane() != parent_lane
+        assert pool._abandoned == [] and pool._abandoned is not parent_abandoned
+        childs = pool.allocate("the child's")
+        assert pool._client_id not in (None, parent_id)
+        owners = raw.hgetall(pool_keys(pool_name)[3])
+        from fastalloc_shm.handle import unpack
+
+        assert int(owners[str(unpack(parents)[0]).encode()]) == parent_id
+        assert int(owners[str(unpack(childs)[0]).encode()]) == pool._client_id
+        pool.close()  # the child's goodbye: the parent's lease (the parent's to end) stays
+        assert raw.exists(lease_key(pool_name, parent_id)) == 1
+    finally:
+        pool.unlink()  # ends the parent's lease thread, which nothing here can stop now
+        pool.close()
+        _wait_for(lambda: not _lease_thread(pool_name), 8.0, "the parent's lease thread outlived the pool")
+        raw.close()
+
+
+class _RedisJob(msgspec.Struct):
+    id: int
+    tags: list[str] = []
+
+
+class _RedisOtherJob(msgspec.Struct):
+    id: str
+
+
+def test_a_redis_attacher_keeps_its_value_type_and_durability_through_attach_and_pickle(redis_url, pool_name):
+    """Kills redis_pool.py's attach mutants that drop value_type or durability on the way to the instance,
+    _check_value_type's (the check skipped or inverted, its message) and _attach_pickled's: an attacher
+    naming the pool's type gets that type back (so does its pickle); one naming another type is refused,
+    naming the pool and the difference; an attacher asking replicas:1 of a server that has none hears that
+    its write was not confirmed (so does its pickle)."""
+    import pickle
+
+    from fastalloc_shm import IncompatiblePool, RedisPool
+    from fastalloc_shm._redis_errors import RedisNotDurable
+    from fastalloc_shm._value_types import difference, schema_of
+
+    with RedisPool.create(pool_name, url=redis_url, capacity=4, value_type=_RedisJob) as pool:
+        handle = pool.allocate(_RedisJob(1, ["a"]))
+        with RedisPool.attach(pool_name, url=redis_url, value_type=_RedisJob) as typed:
+            assert typed.get(handle) == _RedisJob(1, ["a"]) and typed.value_type is _RedisJob
+            with pickle.loads(pickle.dumps(typed)) as clone:
+                assert clone.get(handle) == _RedisJob(1, ["a"])
+        with RedisPool.attach(pool_name, url=redis_url) as plain:
+            assert plain.get(handle) == {"id": 1, "tags": ["a"]}
+        with pytest.raises(IncompatiblePool) as raised:
+            RedisPool.attach(pool_name, url=redis_url, value_type=_RedisOtherJob)
+        wanted = difference(schema_of(_RedisJob), schema_of(_RedisOtherJob))
+        assert str(raised.value) == f"pool {pool_name!r}: {wanted}" and wanted
+        slow = redis_url + "?socket_timeout=1"
+        with RedisPool.attach(pool_name, url=slow, durability="replicas:1", value_type=_RedisJob) as durable:
+            with pytest.raises(RedisNotDurable):
+                durable.set(handle, _RedisJob(2))  # applied, but no replica confirms it
+            with pickle.loads(pickle.dumps(durable)) as clone, pytest.raises(RedisNotDurable):
+                clone.set(handle, _RedisJob(3))
+        assert pool.get(handle) == _RedisJob(3)
+
+
+def test_a_redis_pools_reset_statistics_zeroes_its_channels_counters_too(redis_url, pool_name):
+    """Kills redis_pool.py's reset_statistics mutants of the channels' reset (script, channel numbers, keys)."""
+    from fastalloc_shm import RedisPool
+
+    with RedisPool.create(pool_name, url=redis_url, capacity=8) as pool:
+        first, second = pool.channel("first"), pool.channel("second")
+        first.put_many([1, 2, 3])
+        first.get()
+        second.put("x")
+        before = pool.statistics().channels
+        assert (before["first"].puts, before["first"].gets, before["second"].puts) == (3, 1, 1)
+        pool.reset_statistics()
+        after = pool.statistics().channels
+        assert (after["first"].puts, after["first"].gets, after["first"].length) == (0, 0, 2)
+        assert (after["second"].puts, after["second"].length) == (0, 1)
+        assert pool.statistics().total_allocations == 0 and len(pool) == 3
+
+
+def test_a_redis_recover_puts_a_dead_consumers_items_back_and_reclaims_by_cursor(redis_url, pool_name):
+    """Kills redis_pool.py's recover mutants around the requeue (its arguments, its request ids, its count in
+    the report) and the reclaim steps (the cursor's start, the sum of the steps, the leases checked): a
+    consumer that died holding an item taken by handle has it put back at the head; a dead client's 600 slots,
+    more than one step's walk, are all reclaimed and counted; a client judged dead whose lease is back before
+    the reclaim runs is alive after all and keeps its slots."""
+    import time
+
+    from fastalloc_shm import RedisPool, StaleHandle
+    from fastalloc_shm._redis_scripts import RECLAIM, lease_key
+
+    with RedisPool.create(pool_name, url=redis_url, capacity=1000) as pool:
+        todo = pool.channel("todo")
+        todo.put_many(["first", "second"])
+        pid = os.fork()
+        if pid == 0:
+            try:
+                consumer = RedisPool.attach(pool_name, url=redis_url, lease_ttl=0.2)
+                consumer.channel("todo").get_handle(timeout=0)
+                consumer.allocate_many(range(600))
+            finally:
+                os._exit(0)  # dies holding an item and 600 slots, no goodbye
+        assert os.waitpid(pid, 0)[1] == 0
+        time.sleep(0.4)  # its lease expires (this process's lease thread, 10 s, prunes nothing meanwhile)
+        report = pool.recover()
+        assert (report.requeued, report.orphans_kept, len(report.dead_clients)) == (1, 600, 1)
+        assert len(todo) == 2 and todo.get() == "first"
+        (dead,) = report.dead_clients
+        # The dead client comes back (its lease renewed) between recover's check and its reclaim steps.
+        run = pool._conn.run
+
+        def revive_then_run(script, keys, args):
+            if script is RECLAIM:
+                pool._command("SET", lease_key(pool_name, dead), 1, "PX", 5000)
+            return run(script, keys, args)
+
+        pool._conn.run = revive_then_run
+        try:
+            revived = pool.recover(orphan_policy="reclaim")
+        finally:
+            pool._conn.run = run
+        assert revived.orphans_reclaimed == 0 and len(pool) == 601  # and 'second', queued
+        pool._command("DEL", lease_key(pool_name, dead))
+        report = pool.recover(orphan_policy="reclaim")
+        assert (report.orphans_reclaimed, report.dead_clients) == (600, (dead,)) and len(pool) == 1
+        with pytest.raises(StaleHandle):
+            pool.get(1 << 32)  # slot 0, generation 1: a reclaimed slot's handle is stale
+        todo.get()
+
+
+def _unlink_the_pool_then_fail(previous):
+    _POOL_TO_UNLINK[0].unlink()
+    raise RuntimeError("reset failed")
+
+
+_POOL_TO_UNLINK: list = []
+
+
+def test_a_redis_acquire_names_an_unreadable_previous_value_and_a_failing_reset_wins_over_a_lost_pool(
+        redis_url, pool_name):
+    """Kills redis_pool.py's _decode_previous mutants (the slot's index in the error) and _return_slot's (the
+    release of a slot whose reset failed, in a pool unlinked meanwhile, must not hide the reset's error), and
+    _command's (a command's error names the pool and the server)."""
+    import redis
+
+    from fastalloc_shm import IncompatiblePool, RedisPool
+    from fastalloc_shm._redis_scripts import pool_keys
+    from fastalloc_shm.errors import SerializationError
+    from fastalloc_shm.handle import unpack
+
+    raw = redis.Redis.from_url(redis_url)
+    try:
+        with RedisPool.create(pool_name, url=redis_url, capacity=1, reset=(_new_list, _unchanged)) as pool:
+            handle = pool.acquire()
+            index = unpack(handle)[0]
+            pool.release(handle)
+            raw.hset(pool_keys(pool_name)[4], str(index), b"\xc1")
+            with pytest.raises(SerializationError) as raised:
+                pool.acquire()
+            assert str(raised.value).startswith(f"slot {index} of pool {pool_name!r} holds bytes msgpack cannot")
+            assert len(pool) == 0  # the slot went back
+            raw.delete(pool_keys(pool_name)[6])
+            raw.set(pool_keys(pool_name)[6], "not a set")
+            with pytest.raises(IncompatiblePool) as raised:
+                pool.recover()
+            assert f"pool {pool_name!r}" in str(raised.value) and redis_url.split("/")[2] in str(raised.value)
+            raw.delete(pool_keys(pool_name)[6])
+        with RedisPool.create(pool_name, url=redis_url, capacity=1,
+                              reset=(_new_list, _unlink_the_pool_then_fail)) as pool:
+            pool.release(pool.acquire())
+            _POOL_TO_UNLINK[:] = [pool]
+            with pytest.raises(RuntimeError, match="reset failed"):
+                pool.acquire()
+    finally:
+        _POOL_TO_UNLINK.clear()
+        raw.close()

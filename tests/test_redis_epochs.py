@@ -15,6 +15,7 @@ import pytest
 import redis
 
 from fastalloc_shm import ConfigError, RedisPool, StaleHandle
+from fastalloc_shm._redis_connection import CONNECT_TIMEOUT
 from fastalloc_shm.redis_pool import RedisNotDurable
 
 from .redis_servers import faulty_link, redis_server
@@ -129,6 +130,22 @@ def test_replicas_durability_returns_once_a_replica_has_the_write_and_says_so_wh
             assert clone._durability == "replicas:1"
             clone.close()
         raw_replica.close()
+
+
+def test_an_unconfirmed_write_is_redis_not_durable_at_once_on_the_retry_path_too(pool_name):
+    """A script's first call on a server goes the retry path (NOSCRIPT, then load and send again): an
+    unconfirmed write there is RedisNotDurable as on the fast path, not retried as if the server were
+    down until the call's time is up and then reported as a plain RedisUnavailable."""
+    with redis_server() as server:  # no replica: WAIT 1 never confirms
+        url = server.url + "?socket_timeout=0.5"
+        with RedisPool.create(pool_name, url=url, capacity=4, lease_ttl=60, durability="replicas:1") as pool:
+            started = time.monotonic()
+            with pytest.raises(RedisNotDurable, match="1 replicas did not confirm it within 0.4 s"):
+                pool.allocate("first ALLOCATE this server runs")
+            # Two waits of 0.4 s (the first send's, which NOSCRIPT voids, and the retry's), not the retries'
+            # whole budget (the call's timeout plus the connect timeout).
+            assert time.monotonic() - started < 0.5 + CONNECT_TIMEOUT
+            assert len(pool) in (0, 1)  # applied (or freed as given up on): never taken twice
 
 
 def test_aof_durability_is_refused_clearly_on_a_server_without_waitaof(redis_url, pool_name):
