@@ -1909,7 +1909,7 @@ def test_a_redis_allocation_given_up_on_is_freed_by_the_lease_thread_or_at_goodb
     import redis
 
     from fastalloc_shm import RedisPool
-    from fastalloc_shm.redis_pool import RedisUnavailable
+    from fastalloc_shm.redis_pool import RedisUnavailable, unlink_pool
 
     from .redis_servers import faulty_link, redis_server
 
@@ -1917,6 +1917,17 @@ def test_a_redis_allocation_given_up_on_is_freed_by_the_lease_thread_or_at_goodb
         raw = redis.Redis.from_url(server.url)
         in_use = lambda: int(raw.hget(f"{{fastalloc.{pool_name}}}:meta", "in_use"))  # noqa: E731
         url = link.url("?socket_timeout=0.3")
+
+        def attach_and_lose_a_reply():
+            """A client with a long lease (its thread will not settle soon) whose allocation heard no reply."""
+            client = RedisPool.attach(pool_name, url=url, lease_ttl=60)
+            client.allocate("registered")
+            link.black_hole(True)
+            with pytest.raises(RedisUnavailable):
+                client.allocate("lost reply")
+            link.black_hole(False)
+            return client
+
         try:
             with RedisPool.create(pool_name, url=url, capacity=8, lease_ttl=0.3) as pool, \
                     caplog.at_level(logging.WARNING, logger="fastalloc_shm.redis_pool"):
@@ -1931,16 +1942,16 @@ def test_a_redis_allocation_given_up_on_is_freed_by_the_lease_thread_or_at_goodb
                 _wait_for(lambda: in_use() == 1, 5.0, "the lease thread never freed the abandoned slot")
                 assert pool._abandoned == [] and _lease_thread(pool_name), "a failed refresh ended the thread"
                 assert pool.get(kept) == "kept"
-                # A client with a long lease (its thread will not settle soon) closes first: its goodbye frees it.
-                late = RedisPool.attach(pool_name, url=url, lease_ttl=60)
-                late.allocate("registered")
-                link.black_hole(True)
-                with pytest.raises(RedisUnavailable):
-                    late.allocate("lost too")
-                link.black_hole(False)
+                # A client whose thread will not settle soon closes first: its goodbye frees its abandoned slot.
+                late = attach_and_lose_a_reply()
                 assert in_use() == 3 and len(late._abandoned) == 1
                 late.close()
                 assert in_use() == 2  # its abandoned slot freed; its live one kept (handed on, maybe)
+                # The pool unlinked while a client still has a call to settle: its goodbye finds nothing to
+                # free and closes quietly.
+                gone = attach_and_lose_a_reply()
+                unlink_pool(pool_name, url)
+                gone.close()
         finally:
             raw.close()
 
