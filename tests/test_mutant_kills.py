@@ -2094,20 +2094,25 @@ def test_a_redis_recover_puts_a_dead_consumers_items_back_and_reclaims_by_cursor
 
     with RedisPool.create(pool_name, url=redis_url, capacity=1000) as pool:
         todo = pool.channel("todo")
-        todo.put_many(["first", "second"])
+        todo.put_many(["first", "second", *range(199)])
         pid = os.fork()
         if pid == 0:
             try:
                 consumer = RedisPool.attach(pool_name, url=redis_url, lease_ttl=0.2)
-                consumer.channel("todo").get_handle(timeout=0)
+                for _ in range(200):  # more taken items than a small hash holds: HSCAN then walks by cursor
+                    consumer.channel("todo").get_handle(timeout=0)
                 consumer.allocate_many(range(600))
             finally:
-                os._exit(0)  # dies holding an item and 600 slots, no goodbye
+                os._exit(0)  # dies holding 200 items and 600 slots, no goodbye
         assert os.waitpid(pid, 0)[1] == 0
+        live = todo.get_handle(timeout=0)  # taken by a live consumer: never put back
         time.sleep(0.4)  # its lease expires (this process's lease thread, 10 s, prunes nothing meanwhile)
         report = pool.recover()
-        assert (report.requeued, report.orphans_kept, len(report.dead_clients)) == (1, 600, 1)
-        assert len(todo) == 2 and todo.get() == "first"
+        assert (report.requeued, report.orphans_kept, len(report.dead_clients)) == (200, 600, 1)
+        assert pool.get(live) == 198
+        back = todo.get_many(200, timeout=0)
+        assert len(back) == 200 and set(map(str, back)) == {"first", "second", *map(str, range(198))}
+        pool.release(live)
         (dead,) = report.dead_clients
         # The dead client comes back (its lease renewed) between recover's check and its reclaim steps.
         run = pool._conn.run
@@ -2122,13 +2127,12 @@ def test_a_redis_recover_puts_a_dead_consumers_items_back_and_reclaims_by_cursor
             revived = pool.recover(orphan_policy="reclaim")
         finally:
             pool._conn.run = run
-        assert revived.orphans_reclaimed == 0 and len(pool) == 601  # and 'second', queued
+        assert revived.orphans_reclaimed == 0 and len(pool) == 600
         pool._command("DEL", lease_key(pool_name, dead))
         report = pool.recover(orphan_policy="reclaim")
-        assert (report.orphans_reclaimed, report.dead_clients) == (600, (dead,)) and len(pool) == 1
+        assert (report.orphans_reclaimed, report.dead_clients) == (600, (dead,)) and len(pool) == 0
         with pytest.raises(StaleHandle):
             pool.get(1 << 32)  # slot 0, generation 1: a reclaimed slot's handle is stale
-        todo.get()
 
 
 def _unlink_the_pool_then_fail(previous):
