@@ -1942,16 +1942,25 @@ def test_a_redis_allocation_given_up_on_is_freed_by_the_lease_thread_or_at_goodb
                 _wait_for(lambda: in_use() == 1, 5.0, "the lease thread never freed the abandoned slot")
                 assert pool._abandoned == [] and _lease_thread(pool_name), "a failed refresh ended the thread"
                 assert pool.get(kept) == "kept"
-                # A client whose thread will not settle soon closes first: its goodbye frees its abandoned slot.
+                # A client whose thread will not settle soon calls again: that call frees it first.
+                busy = attach_and_lose_a_reply()
+                assert in_use() == 3 and len(busy._abandoned) == 1
+                busy.allocate("next")
+                assert in_use() == 3 and busy._abandoned == []  # one freed, one taken
+                busy.close()
+                # One that closes first: its goodbye frees its abandoned slot.
                 late = attach_and_lose_a_reply()
-                assert in_use() == 3 and len(late._abandoned) == 1
+                assert in_use() == 5 and len(late._abandoned) == 1
                 late.close()
-                assert in_use() == 2  # its abandoned slot freed; its live one kept (handed on, maybe)
+                assert in_use() == 4  # its abandoned slot freed; its live one kept (handed on, maybe)
                 # The pool unlinked while a client still has a call to settle: its goodbye finds nothing to
                 # free and closes quietly.
                 gone = attach_and_lose_a_reply()
                 unlink_pool(pool_name, url)
                 gone.close()
+            # Every key went with the pool: no record of a lane outside the pool's keys (a new lane after a
+            # lost reply included).
+            assert raw.dbsize() == 0, sorted(raw.keys("*"))
         finally:
             raw.close()
 
@@ -2181,3 +2190,74 @@ def test_a_redis_acquire_names_an_unreadable_previous_value_and_a_failing_reset_
     finally:
         _POOL_TO_UNLINK.clear()
         raw.close()
+
+
+def test_a_redis_allocate_with_a_timeout_backs_off_and_a_thread_keeps_one_record_key(pool_name):
+    """Kills redis_pool.py's allocate mutant whose pause shrinks instead of doubling (a full pool polled
+    hundreds of times a second), _allocate's whose PoolExhausted does not name the pool, and _lane's that
+    make a new record key per call (each a key left on the server for a lease period): one thread's calls
+    share one record key, another thread gets its own."""
+    import threading
+
+    import redis
+
+    from fastalloc_shm import PoolExhausted, RedisPool
+    from fastalloc_shm._redis_scripts import ALLOCATE, record_prefix
+
+    from .redis_servers import redis_server
+
+    with redis_server() as server:
+        raw = redis.Redis.from_url(server.url)
+        try:
+            with RedisPool.create(pool_name, url=server.url, capacity=1) as pool:
+                kept = pool.allocate("the only slot")
+                run, calls = pool._conn.run, []
+
+                def counted(script, keys, args):
+                    calls.append(script is ALLOCATE)
+                    return run(script, keys, args)
+
+                pool._conn.run = counted
+                with pytest.raises(PoolExhausted) as raised:
+                    pool.allocate("no room", timeout=0.5)
+                pool._conn.run = run
+                assert str(raised.value).startswith(f"pool {pool_name!r} is full (1/1 slots in use)")
+                # Pauses of 1, 2, 4 ... 50 ms: about 16 tries in 0.5 s.
+                assert 5 <= sum(calls) <= 40, sum(calls)
+                for n in range(20):
+                    pool.set(kept, n)
+                lanes = lambda: {k for k in raw.keys(record_prefix(pool_name) + "*") if b":create:" not in k}  # noqa: E731
+                assert len(lanes()) == 1, sorted(lanes())
+                thread = threading.Thread(target=lambda: [pool.set(kept, n) for n in range(5)])
+                thread.start()
+                thread.join()
+                assert len(lanes()) == 2
+        finally:
+            raw.close()
+
+
+def test_a_redis_pools_repr_says_cluster_and_a_typed_slot_of_another_shape_says_so(redis_url, pool_name):
+    """Kills redis_pool.py's __repr__ mutants of the cluster marker (on a pool whose __init__ never ran, as
+    repr must work then) and _unpack's (the message of a slot whose value is not of the pool's type)."""
+    import redis
+
+    from fastalloc_shm import RedisPool
+    from fastalloc_shm._redis_scripts import pool_keys
+    from fastalloc_shm.errors import SerializationError
+    from fastalloc_shm.handle import unpack
+
+    half = RedisPool.__new__(RedisPool)
+    half._name, half._url, half._cluster = "jobs", "redis://node1:7000/0", True
+    assert repr(half) == "<RedisPool 'jobs' at redis://node1:7000/0 (cluster), slot_size=0, attached, closed>"
+    with RedisPool.create(pool_name, url=redis_url, capacity=2, value_type=_RedisJob) as pool:
+        handle = pool.allocate(_RedisJob(1))
+        index = unpack(handle)[0]
+        raw = redis.Redis.from_url(redis_url)
+        try:
+            raw.hset(pool_keys(pool_name)[4], str(index), msgspec.msgpack.encode({"id": "not an int"}))
+        finally:
+            raw.close()
+        with pytest.raises(SerializationError) as raised:
+            pool.get(handle)
+        assert str(raised.value).startswith(f"slot {index} of pool {pool_name!r} holds a value not of its value_type (")
+        assert str(raised.value).endswith("); set() it again")
