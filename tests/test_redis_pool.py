@@ -395,6 +395,31 @@ def test_the_lease_is_refreshed_and_close_stops_it(redis_url, pool_name, raw):
         assert not [t for t in threading.enumerate() if t.name == f"fastalloc-lease-{pool_name}"]
 
 
+def test_a_process_that_exits_without_close_says_goodbye_and_exits_at_once(redis_url, pool_name, raw):
+    """The lease thread is a daemon and the goodbye runs at interpreter exit: a process that never calls
+    close() exits promptly, its lease is gone at once (not after its 60 s ttl), and it leaves the registry
+    unless it still owns a slot (then recover() finds its slots once its lease is gone)."""
+    child = textwrap.dedent(f"""
+        import sys
+        from fastalloc_shm import RedisPool
+        pool = RedisPool.attach({pool_name!r}, url={redis_url!r}, lease_ttl=60)
+        handle = pool.allocate("the child's")
+        if sys.argv[1] == "releases":
+            pool.release(handle)
+        print(pool._client_id, flush=True)
+    """)
+    clients_key = f"{{fastalloc.{pool_name}}}:clients"
+    with RedisPool.create(pool_name, url=redis_url, capacity=4) as pool:
+        for how in ("releases", "keeps"):
+            done = subprocess.run([sys.executable, "-c", child, how], capture_output=True, text=True, timeout=30)
+            assert done.returncode == 0, done.stderr
+            client = int(done.stdout)
+            assert raw.exists(f"{{fastalloc.{pool_name}}}:lease:{client}") == 0
+            assert (str(client).encode() in raw.smembers(clients_key)) == (how == "keeps")
+        report = pool.recover(orphan_policy="reclaim")
+        assert (report.orphans_reclaimed, len(pool)) == (1, 0)
+
+
 def test_a_forked_child_registers_its_own_client(pool, raw):
     parent_handle = pool.allocate("parent")
     read_end, write_end = os.pipe()
