@@ -801,8 +801,14 @@ def _unlink(conn: Connection | _ClosedConnection, name: str, incarnation: str) -
     """Delete pool `name` if it is of `incarnation` ('': whichever exists); True if deleted."""
     keys = pool_keys(name)
     try:
-        clients = conn.command("SMEMBERS", keys[6])
-        leases = [lease_key(name, client.decode()) for client in clients]
+        try:
+            leases = [lease_key(name, client.decode()) for client in conn.command("SMEMBERS", keys[6])]
+        except ScriptError as exc:
+            if exc.code != "WRONGTYPE":
+                raise
+            # The registry was replaced by a key of another type: a damaged pool is unlinked all the same,
+            # its leases found by name.
+            leases = [key.decode() for key in conn.scan(lease_key(name, "*"), kind="string")]
         records = [key.decode() for key in conn.scan(record_prefix(name) + "*", kind="string")]
         channels = [*channel_keys(name), *_all_channel_keys(name, _channel_count(conn, name))[2:]]
         return bool(conn.run(UNLINK, [*keys, *leases, *records, *channels], (incarnation,)))

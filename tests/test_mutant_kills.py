@@ -1936,7 +1936,8 @@ def test_a_redis_allocation_given_up_on_is_freed_by_the_lease_thread_or_at_goodb
                 with pytest.raises(RedisUnavailable):
                     pool.allocate("lost reply")
                 assert in_use() == 2  # it ran
-                _wait_for(lambda: any("lease refresh failed, retrying in 0.10 s" in r.getMessage()
+                _wait_for(lambda: any(r.getMessage().startswith("fastalloc-shm: lease refresh failed, retrying in 0.10 s:"
+                                                                 f" Redis at 127.0.0.1:{link.port} is unavailable")
                                       for r in caplog.records), 5.0, "a failed refresh was not logged")
                 link.black_hole(False)
                 _wait_for(lambda: in_use() == 1, 5.0, "the lease thread never freed the abandoned slot")
@@ -2261,3 +2262,65 @@ def test_a_redis_pools_repr_says_cluster_and_a_typed_slot_of_another_shape_says_
             pool.get(handle)
         assert str(raised.value).startswith(f"slot {index} of pool {pool_name!r} holds a value not of its value_type (")
         assert str(raised.value).endswith("); set() it again")
+
+
+def test_a_redis_pools_unlink_takes_its_own_keys_only_closed_or_not_and_names_what_fails(pool_name, make_name):
+    """Kills redis_pool.py's unlink mutants of a closed pool (its own connection, its incarnation), _unlink's
+    (the records looked for under any name, a channel's first key left, its errors' messages) and _pack's
+    (its messages, a value of exactly slot_size refused), _run's (a stale get's message without the pool's name):
+    unlinking a pool deletes every key it had (channels, records, leases) and no key of another pool; a closed
+    pool unlinks too, but not the pool created again under its name."""
+    import redis
+
+    from fastalloc_shm import IncompatiblePool, PoolNotFound, RedisPool, StaleHandle
+    from fastalloc_shm._redis_scripts import pool_keys
+    from fastalloc_shm.errors import SerializationError, ValueTooLarge
+    from fastalloc_shm.redis_pool import unlink_pool
+
+    from .redis_servers import redis_server
+
+    with redis_server() as server:
+        raw = redis.Redis.from_url(server.url)
+        url, other_name = server.url, make_name()
+        try:
+            with RedisPool.create(other_name, url=url, capacity=2) as other:
+                other.release(other.allocate("registered"))  # a lease, a record of its own
+                before = set(raw.keys("*"))
+                pool = RedisPool.create(pool_name, url=url, capacity=4, slot_size=8)
+                todo = pool.channel("todo")
+                todo.put(1)
+                handle = pool.allocate(b"123456")  # bin 8 header: exactly 8 bytes, fits
+                with pytest.raises(ValueTooLarge) as raised:
+                    pool.allocate(b"1234567")
+                assert str(raised.value) == (f"value packs to 9 bytes but pool {pool_name!r} has slot_size 8; store"
+                                             " less, or create the pool with a larger slot_size")
+                with pytest.raises(SerializationError) as raised:
+                    pool.allocate({1, 2})
+                assert str(raised.value).startswith(f"pool {pool_name!r}: cannot pack set with msgpack (")
+                pool.release(handle)
+                with pytest.raises(StaleHandle) as raised:
+                    pool.get(handle)
+                assert str(raised.value).startswith(f"handle {handle} of pool {pool_name!r} is stale")
+                pool.close()
+                pool.unlink()  # closed: on a connection of its own
+                assert set(raw.keys("*")) == before, "unlink left a key of its pool or took another pool's"
+                with pytest.raises(PoolNotFound):
+                    RedisPool.attach(pool_name, url=url)
+                again = RedisPool.create(pool_name, url=url, capacity=1)
+                again.allocate("the new pool's")
+                pool.unlink()  # the closed old pool's unlink leaves the new one alone
+                assert len(again) == 1
+                meta = raw.hgetall(pool_keys(pool_name)[0])
+                raw.delete(pool_keys(pool_name)[0])
+                raw.set(pool_keys(pool_name)[0], "not a pool's")
+                with pytest.raises(IncompatiblePool) as raised:
+                    unlink_pool(pool_name, url)  # never deletes a key it did not make
+                assert str(raised.value) == (
+                    f"key '{pool_keys(pool_name)[0]}' on Redis at 127.0.0.1:{server.port} is a string that fastalloc-shm"
+                    f" did not create, under the name of pool {pool_name!r}; pick another pool name or delete that key")
+                raw.delete(pool_keys(pool_name)[0])
+                raw.hset(pool_keys(pool_name)[0], mapping=meta)
+                again.close()
+                assert unlink_pool(pool_name, url) and set(raw.keys("*")) == before
+        finally:
+            raw.close()

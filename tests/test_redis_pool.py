@@ -291,6 +291,18 @@ def test_a_foreign_key_or_another_layout_is_incompatible(redis_url, pool_name, r
     raw.delete(f"{{fastalloc.{pool_name}}}:free")
 
 
+def test_a_pool_whose_registry_was_replaced_says_unlink_it_and_unlink_works(redis_url, pool_name, raw):
+    with RedisPool.create(pool_name, url=redis_url, capacity=2) as pool:
+        pool.allocate("registered")
+        clients = f"{{fastalloc.{pool_name}}}:clients"
+        raw.delete(clients)
+        raw.set(clients, "not a set")
+        with pytest.raises(IncompatiblePool, match="replaced by one of another type .*; unlink the pool and create it"):
+            pool.recover()
+        assert unlink_pool(pool_name, redis_url)  # as the error says: the damaged pool goes, every key of it
+        assert raw.keys(f"{{fastalloc.{pool_name}}}*") == []
+
+
 def test_unlink_removes_every_key_and_later_calls_raise_pool_not_found(redis_url, pool_name, raw):
     pool = RedisPool.create(pool_name, url=redis_url, capacity=4)
     other = RedisPool.attach(pool_name, url=redis_url)
