@@ -2324,3 +2324,38 @@ def test_a_redis_pools_unlink_takes_its_own_keys_only_closed_or_not_and_names_wh
                 assert unlink_pool(pool_name, url) and set(raw.keys("*")) == before
         finally:
             raw.close()
+
+
+def test_a_redis_pool_replaced_by_a_foreign_key_while_attaching_is_named_in_the_error(redis_url, pool_name,
+                                                                                     monkeypatch):
+    """Kills redis_pool.py's __init__ mutants of the greeting's error (the pool's name, the error itself): the
+    pool's meta key replaced by a key of another type between attach's describe and its greeting (forced here
+    at the greeting) is an IncompatiblePool naming the pool and the server."""
+    import redis
+
+    from fastalloc_shm import IncompatiblePool, RedisPool
+    from fastalloc_shm._redis_connection import Connection
+    from fastalloc_shm._redis_scripts import pool_keys
+
+    raw = redis.Redis.from_url(redis_url)
+    meta = pool_keys(pool_name)[0]
+    greet = Connection.greet
+
+    def replaced_first(self, script, keys, args):
+        raw.delete(meta)
+        raw.set(meta, "someone else's")
+        return greet(self, script, keys, args)
+
+    try:
+        with RedisPool.create(pool_name, url=redis_url, capacity=1):
+            record = raw.hgetall(meta)
+            monkeypatch.setattr(Connection, "greet", replaced_first)
+            with pytest.raises(IncompatiblePool) as raised:
+                RedisPool.attach(pool_name, url=redis_url)
+            monkeypatch.setattr(Connection, "greet", greet)
+            assert str(raised.value).startswith(
+                f"a key of pool {pool_name!r} on Redis at {redis_url.split('/')[2]} was replaced by one of another type")
+            raw.delete(meta)
+            raw.hset(meta, mapping=record)  # the pool back, for its creator to unlink
+    finally:
+        raw.close()
