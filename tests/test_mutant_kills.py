@@ -1678,6 +1678,8 @@ def test_a_redis_attach_and_a_pickle_keep_what_they_are_given(pool_name, monkeyp
             monkeypatch.setenv(URL_ENV, f"redis://alice:secret@127.0.0.1:{server.port}/0")
             with pickle.loads(blob) as clone:  # its allow_eviction travelled with it
                 assert clone.get(clone.allocate("y")) == "y"
+            with pickle.loads(pickle.dumps(pool)) as clone:  # and the creator's
+                assert clone.get(clone.allocate("z")) == "z"
 
 
 def _new_list():
@@ -2358,4 +2360,55 @@ def test_a_redis_pool_replaced_by_a_foreign_key_while_attaching_is_named_in_the_
             raw.delete(meta)
             raw.hset(meta, mapping=record)  # the pool back, for its creator to unlink
     finally:
+        raw.close()
+
+
+def test_a_redis_pools_create_checks_what_it_is_given_and_says_what_it_found(redis_url, pool_name, make_name):
+    """Kills redis_pool.py's create mutants of its checks (durability, the index limit, its message), of its
+    refusals' messages (an existing pool, a foreign key under the name, another config or type under
+    exist_ok) and of what an exist_ok attacher keeps (its url, its value type)."""
+    import redis
+
+    from fastalloc_shm import ConfigError, IncompatiblePool, PoolExistsError, PoolNotFound, RedisPool
+    from fastalloc_shm._redis_scripts import INDEX_LIMIT, pool_keys
+
+    address = redis_url.split("/")[2]
+    with pytest.raises(ConfigError, match=r"^durability: expected None, 'aof' or 'replicas:N'"):
+        RedisPool.create(pool_name, url=redis_url, capacity=1, durability="sometimes")
+    with pytest.raises(ConfigError, match=r"^durability: 'aof' waits with WAITAOF, which Redis at "):
+        RedisPool.create(pool_name, url=redis_url, capacity=1, durability="aof")  # this server is 7.0
+    with pytest.raises(ConfigError) as raised:
+        RedisPool.create(pool_name, url=redis_url, capacity=INDEX_LIMIT + 1)
+    assert str(raised.value) == f"capacity: {INDEX_LIMIT + 1} slots is more than a pool can index ({INDEX_LIMIT})"
+    with RedisPool.create(pool_name, url=redis_url, capacity=INDEX_LIMIT) as biggest:
+        assert biggest.capacity == INDEX_LIMIT  # the limit itself is allowed (nothing is laid out in advance)
+    with RedisPool.create(pool_name, url=redis_url, capacity=2, value_type=_RedisJob) as pool:
+        with pytest.raises(PoolExistsError) as raised:
+            RedisPool.create(pool_name, url=redis_url, capacity=2)
+        assert str(raised.value) == (f"pool {pool_name!r} already exists on Redis at {address}; attach to it with"
+                                     " RedisPool.attach(), pass exist_ok=True, or unlink it first")
+        with pytest.raises(IncompatiblePool) as raised:
+            RedisPool.create(pool_name, url=redis_url, capacity=3, exist_ok=True, value_type=_RedisJob)
+        assert str(raised.value).startswith(f"pool {pool_name!r} on Redis at {address} exists with capacity")
+        assert str(raised.value).endswith("; attach to it as it is (RedisPool.attach), or pick another name")
+        with pytest.raises(IncompatiblePool) as raised:
+            RedisPool.create(pool_name, url=redis_url, capacity=2, exist_ok=True, value_type=_RedisOtherJob)
+        assert str(raised.value).startswith(f"pool {pool_name!r}: ")
+        with RedisPool.create(pool_name, url=redis_url, capacity=2, exist_ok=True, value_type=_RedisJob) as same:
+            handle = same.allocate(_RedisJob(7))
+            assert pool.get(handle) == _RedisJob(7) and same.get(handle) == _RedisJob(7)
+            assert repr(same) == f"<RedisPool {pool_name!r} at {redis_url}, slot_size=256, attached>"
+            same.close()
+            same.unlink()  # closed: by its url
+        with pytest.raises(PoolNotFound):
+            pool.get(handle)
+    foreign = make_name()
+    raw = redis.Redis.from_url(redis_url)
+    try:
+        raw.set(pool_keys(foreign)[0], "someone else's")
+        with pytest.raises(IncompatiblePool) as raised:
+            RedisPool.create(foreign, url=redis_url, capacity=1)
+        assert f"under the name of pool {foreign!r}" in str(raised.value)
+    finally:
+        raw.delete(pool_keys(foreign)[0])
         raw.close()
