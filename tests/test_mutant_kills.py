@@ -1894,6 +1894,19 @@ def test_a_redis_clients_goodbye_ends_its_lease_and_unregisters_it_unless_it_own
             assert raw.exists(lease_key(pool_name, quitter_id)) == 0
             assert str(quitter_id).encode() not in raw.smembers(clients)
             quitter.close()  # idempotent
+            # The pool's meta key replaced by a key of another type while a client is open: its goodbye's
+            # error (WRONGTYPE) is no reason for close() to fail.
+            doomed = RedisPool.attach(pool_name, url=redis_url)
+            doomed.allocate("registered")
+            meta = pool_keys(pool_name)[0]
+            record = raw.hgetall(meta)
+            raw.delete(meta)
+            raw.set(meta, "someone else's")
+            try:
+                doomed.close()
+            finally:
+                raw.delete(meta)
+                raw.hset(meta, mapping=record)
             assert pool.get(kept) == "handed on"
             assert pool.recover(orphan_policy="reclaim").orphans_reclaimed == 1
     finally:
@@ -1961,6 +1974,15 @@ def test_a_redis_allocation_given_up_on_is_freed_by_the_lease_thread_or_at_goodb
                 gone = attach_and_lose_a_reply()
                 unlink_pool(pool_name, url)
                 gone.close()
+                # A client that cannot reach the server at all when it closes: its goodbye fails quietly.
+                cut_off = RedisPool.create(pool_name, url=url, capacity=1, lease_ttl=60)
+                cut_off.allocate("registered")
+                link.black_hole(True)
+                try:
+                    cut_off.close()
+                finally:
+                    link.black_hole(False)
+                unlink_pool(pool_name, url)
             # Every key went with the pool: no record of a lane outside the pool's keys (a new lane after a
             # lost reply included).
             assert raw.dbsize() == 0, sorted(raw.keys("*"))
