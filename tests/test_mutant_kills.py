@@ -1680,6 +1680,11 @@ def test_a_redis_attach_and_a_pickle_keep_what_they_are_given(pool_name, monkeyp
                 assert clone.get(clone.allocate("y")) == "y"
             with pickle.loads(pickle.dumps(pool)) as clone:  # and the creator's
                 assert clone.get(clone.allocate("z")) == "z"
+            with RedisPool.create(pool_name, url=url, capacity=2, allow_eviction=True, exist_ok=True, **alice) as same:
+                with pickle.loads(pickle.dumps(same)) as clone:  # and an exist_ok attacher's
+                    assert len(clone) == 2  # attached: it reads the pool (full with the two clones' values)
+            with pytest.raises(ConfigError, match=r"^maxmemory-policy: "):
+                RedisPool.create(pool_name + "-other", url=url, capacity=2, **alice)  # not allowed by default
 
 
 def _new_list():
@@ -1705,6 +1710,9 @@ def test_an_attacher_of_a_redis_pool_whose_reset_functions_were_lambdas_says_so(
             assert str(raised.value) == (
                 f"reset: pool {pool_name!r} was created with reset functions that cannot be imported in this"
                 " process (a lambda or local function); give module-level functions or 'module:qualname' strings")
+        with RedisPool.create(pool_name, url=redis_url, capacity=2, exist_ok=True) as same:  # an attacher too
+            with pytest.raises(ConfigError, match=r"^reset: pool .* cannot be imported in this process"):
+                same.acquire()
     with RedisPool.create(pool_name, url=redis_url, capacity=2, reset=(_new_list, _unchanged)):
         with RedisPool.attach(pool_name, url=redis_url) as other:
             handle = other.acquire()  # importable: run here
@@ -2094,6 +2102,9 @@ def test_a_redis_attacher_keeps_its_value_type_and_durability_through_attach_and
                 durable.set(handle, _RedisJob(2))  # applied, but no replica confirms it
             with pickle.loads(pickle.dumps(durable)) as clone, pytest.raises(RedisNotDurable):
                 clone.set(handle, _RedisJob(3))
+        with RedisPool.create(pool_name, url=slow, capacity=4, value_type=_RedisJob, exist_ok=True,
+                              durability="replicas:1") as durable, pytest.raises(RedisNotDurable):
+            durable.set(handle, _RedisJob(3))
         assert pool.get(handle) == _RedisJob(3)
 
 
@@ -2434,3 +2445,74 @@ def test_a_redis_pools_create_checks_what_it_is_given_and_says_what_it_found(red
     finally:
         raw.delete(pool_keys(foreign)[0])
         raw.close()
+
+
+@pytest.mark.parametrize(("version", "policy", "durability", "refusal"), [
+    ("6.2.14", "noeviction", None, "server: Redis at {where} is version 6.2.14; RedisPool needs Redis >= 7.0 (script"
+                                   " flags keep reads working at maxmemory); upgrade the server"),
+    ("7.0.15", "noeviction", "aof", "durability: 'aof' waits with WAITAOF, which Redis at {where} (version 7.0.15) lacks:"
+                                    " it needs Redis >= 7.2. Upgrade the server, or use durability='replicas:N' with"
+                                    " replicas (or appendfsync always on the server, which makes every write wait for"
+                                    " the disk)"),
+    ("7.2.0", "noeviction", "aof", None),
+    ("255.255.255-a-fork", "noeviction", None, None),  # its own numbering: its scripts will say what they lack
+    (None, "noeviction", None, None),
+    ("7.0.15", None, None, None),  # no policy reported: the default, noeviction
+    ("7.0.15", "volatile-lru", None, "maxmemory-policy: Redis at {where} runs with maxmemory-policy volatile-lru, so"
+                                     " under memory pressure it may silently evict a pool's keys or a live client's"
+                                     " lease (and recover() would then free slots still in use). Set `maxmemory-policy"
+                                     " noeviction` (redis.conf, or CONFIG SET maxmemory-policy noeviction), or pass"
+                                     " allow_eviction=True if you accept that risk"),
+])
+def test_a_redis_server_is_checked_for_version_policy_and_durability_as_it_reports_them(
+        redis_url, pool_name, monkeypatch, version, policy, durability, refusal):
+    """Kills redis_pool.py's _check_server mutants (the version read, parsed and compared, the fallback for a
+    fork's numbering, the default policy, every refusal's message): the real server's INFO, with the version
+    and policy fields it reports replaced by those of servers this machine does not run."""
+    from fastalloc_shm import ConfigError, RedisPool
+    from fastalloc_shm._redis_connection import Connection
+
+    real = Connection.server_info
+
+    def reported(self):
+        replies = []
+        for where, info in real(self):
+            info = dict(info)
+            for field, value in (("redis_version", version), ("maxmemory_policy", policy)):
+                if value is None:
+                    info.pop(field, None)
+                else:
+                    info[field] = value
+            replies.append((where, info))
+        return replies
+
+    monkeypatch.setattr(Connection, "server_info", reported)
+    monkeypatch.setattr(Connection, "require", lambda self, durability: None)  # no WAITAOF on this 7.0 server
+    if refusal is None:
+        with RedisPool.create(pool_name, url=redis_url, capacity=1, durability=durability) as pool:
+            assert pool.capacity == 1
+        return
+    with pytest.raises(ConfigError) as raised:
+        RedisPool.create(pool_name, url=redis_url, capacity=1, durability=durability)
+    assert str(raised.value) == refusal.format(where=redis_url.split("/")[2])
+
+
+@pytest.mark.parametrize(("field", "value", "accepted"), [
+    ("durability", "replicas:1", True), ("durability", "replicas:12", True), ("durability", "aof", True),
+    ("durability", "replicas:0", False), ("durability", "replicas:x", False), ("durability", "replicas", False),
+    ("durability", "replica:1", False), ("durability", "1:replicas", False), ("durability", "", False),
+    ("lease_ttl", 0.1, True), ("lease_ttl", 0.099, False), ("lease_ttl", float("inf"), False),
+    ("lease_ttl", True, False), ("lease_ttl", "10", False),
+])
+def test_a_redis_pools_durability_and_lease_ttl_are_checked_before_any_connection(field, value, accepted):
+    """Kills redis_pool.py's _check_durability and _check_lease_ttl mutants: what each accepts and refuses,
+    at its bounds, checked before the url is even tried (this one has no server)."""
+    from fastalloc_shm import ConfigError, RedisPool
+    from fastalloc_shm.redis_pool import RedisUnavailable
+
+    url = "redis://127.0.0.1:1/0"  # nothing listens: an accepted value fails only later, on the connection
+    expected = RedisUnavailable if accepted else ConfigError
+    with pytest.raises(expected) as raised:
+        RedisPool.attach("checked", url=url, **{field: value})
+    if not accepted:
+        assert str(raised.value).startswith(f"{field}: ")
