@@ -1931,7 +1931,7 @@ def test_a_redis_allocation_given_up_on_is_freed_by_the_lease_thread_or_at_goodb
 
     import redis
 
-    from fastalloc_shm import RedisPool
+    from fastalloc_shm import IncompatiblePool, RedisPool
     from fastalloc_shm.redis_pool import RedisUnavailable, unlink_pool
 
     from .redis_servers import faulty_link, redis_server
@@ -1979,6 +1979,18 @@ def test_a_redis_allocation_given_up_on_is_freed_by_the_lease_thread_or_at_goodb
                 assert in_use() == 4  # its abandoned slot freed; its live one kept (handed on, maybe)
                 # The pool unlinked while a client still has a call to settle: its goodbye finds nothing to
                 # free and closes quietly.
+                # The pool's meta key replaced by a key of another type while a call waits to be settled: the
+                # next call says the pool is damaged (the settling's own error is no reason to fail otherwise).
+                damaged = attach_and_lose_a_reply()
+                meta = f"{{fastalloc.{pool_name}}}:meta"
+                record = raw.hgetall(meta)
+                raw.delete(meta)
+                raw.set(meta, "someone else's")
+                with pytest.raises(IncompatiblePool, match="replaced by one of another type"):
+                    damaged.allocate("into a damaged pool")
+                raw.delete(meta)
+                raw.hset(meta, mapping=record)
+                damaged.close()
                 gone = attach_and_lose_a_reply()
                 unlink_pool(pool_name, url)
                 gone.close()
