@@ -2146,29 +2146,31 @@ def test_a_redis_recover_puts_a_dead_consumers_items_back_and_reclaims_by_cursor
     the reclaim runs is alive after all and keeps its slots."""
     import time
 
-    from fastalloc_shm import RedisPool, StaleHandle
+    import redis
+
+    from fastalloc_shm import IncompatiblePool, RedisPool, StaleHandle
     from fastalloc_shm._redis_scripts import RECLAIM, lease_key
 
     with RedisPool.create(pool_name, url=redis_url, capacity=1000) as pool:
         todo = pool.channel("todo")
-        todo.put_many(["first", "second", *range(199)])
+        todo.put_many(["first", "second", *range(299)])
         pid = os.fork()
         if pid == 0:
             try:
                 consumer = RedisPool.attach(pool_name, url=redis_url, lease_ttl=0.2)
-                for _ in range(200):  # more taken items than a small hash holds: HSCAN then walks by cursor
+                for _ in range(300):  # more taken items than one step's walk (250): HSCAN by cursor, steps summed
                     consumer.channel("todo").get_handle(timeout=0)
                 consumer.allocate_many(range(600))
             finally:
-                os._exit(0)  # dies holding 200 items and 600 slots, no goodbye
+                os._exit(0)  # dies holding 300 items and 600 slots, no goodbye
         assert os.waitpid(pid, 0)[1] == 0
         live = todo.get_handle(timeout=0)  # taken by a live consumer: never put back
         time.sleep(0.4)  # its lease expires (this process's lease thread, 10 s, prunes nothing meanwhile)
         report = pool.recover()
-        assert (report.requeued, report.orphans_kept, len(report.dead_clients)) == (200, 600, 1)
-        assert pool.get(live) == 198
-        back = todo.get_many(200, timeout=0)
-        assert len(back) == 200 and set(map(str, back)) == {"first", "second", *map(str, range(198))}
+        assert (report.requeued, report.orphans_kept, len(report.dead_clients)) == (300, 600, 1)
+        assert pool.get(live) == 298
+        back = todo.get_many(300, timeout=0)
+        assert len(back) == 300 and set(map(str, back)) == {"first", "second", *map(str, range(298))}
         pool.release(live)
         (dead,) = report.dead_clients
         # The dead client comes back (its lease renewed) between recover's check and its reclaim steps.
@@ -2190,6 +2192,20 @@ def test_a_redis_recover_puts_a_dead_consumers_items_back_and_reclaims_by_cursor
         assert (report.orphans_reclaimed, report.dead_clients) == (600, (dead,)) and len(pool) == 0
         with pytest.raises(StaleHandle):
             pool.get(1 << 32)  # slot 0, generation 1: a reclaimed slot's handle is stale
+        # A recover() that finds the pool's meta key replaced by a key of another type names the pool.
+        raw = redis.Redis.from_url(redis_url)
+        meta = f"{{fastalloc.{pool_name}}}:meta"
+        record = raw.hgetall(meta)
+        raw.delete(meta)
+        raw.set(meta, "someone else's")
+        try:
+            with pytest.raises(IncompatiblePool) as raised:
+                pool.recover()
+            assert str(raised.value).startswith(f"a key of pool {pool_name!r} on Redis at ")
+        finally:
+            raw.delete(meta)
+            raw.hset(meta, mapping=record)
+            raw.close()
 
 
 def _unlink_the_pool_then_fail(previous):
