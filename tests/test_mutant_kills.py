@@ -1749,14 +1749,28 @@ def test_list_pools_skips_what_is_not_a_pools_meta_key_and_attach_names_a_damage
         raw.close()
 
 
+def _overwrite_slot(redis_url: str, pool_name: str, handle: int, payload: bytes) -> int:
+    """Write `payload` into the handle's slot on the server, behind the pool's back; the slot's index."""
+    import redis
+
+    from fastalloc_shm._redis_scripts import pool_keys
+    from fastalloc_shm.handle import unpack
+
+    index = unpack(handle)[0]
+    raw = redis.Redis.from_url(redis_url)
+    try:
+        raw.hset(pool_keys(pool_name)[4], str(index), payload)
+    finally:
+        raw.close()
+    return index
+
+
 def test_a_redis_pools_errors_name_the_pool_and_the_slot(redis_url, pool_name):
     """Kills redis_pool.py's _once 10 (a stale handle's error without the pool's name), _unpack 9-11 and
     get 4 (the message of a slot holding bytes msgpack cannot read, and its index), __repr__ 14, 19 (an
     attacher's and a closed pool's repr)."""
-    import redis
 
     from fastalloc_shm import RedisPool, StaleHandle
-    from fastalloc_shm._redis_scripts import pool_keys
     from fastalloc_shm.errors import SerializationError
     from fastalloc_shm.handle import unpack
 
@@ -1768,12 +1782,7 @@ def test_a_redis_pools_errors_name_the_pool_and_the_slot(redis_url, pool_name):
             pool.release(handle)
         assert str(raised.value).startswith(f"handle {handle} of pool {pool_name!r} is stale: slot {index} ")
         handle = pool.allocate("y")
-        index, _ = unpack(handle)
-        raw = redis.Redis.from_url(redis_url)
-        try:
-            raw.hset(pool_keys(pool_name)[4], str(index), b"\xc1")  # no msgpack
-        finally:
-            raw.close()
+        index = _overwrite_slot(redis_url, pool_name, handle, b"\xc1")  # no msgpack
         with pytest.raises(SerializationError) as raised:
             pool.get(handle)
         assert str(raised.value).startswith(f"slot {index} of pool {pool_name!r} holds bytes msgpack cannot read (")
@@ -2303,24 +2312,16 @@ def test_a_redis_allocate_with_a_timeout_backs_off_and_a_thread_keeps_one_record
 def test_a_redis_pools_repr_says_cluster_and_a_typed_slot_of_another_shape_says_so(redis_url, pool_name):
     """Kills redis_pool.py's __repr__ mutants of the cluster marker (on a pool whose __init__ never ran, as
     repr must work then) and _unpack's (the message of a slot whose value is not of the pool's type)."""
-    import redis
 
     from fastalloc_shm import RedisPool
-    from fastalloc_shm._redis_scripts import pool_keys
     from fastalloc_shm.errors import SerializationError
-    from fastalloc_shm.handle import unpack
 
     half = RedisPool.__new__(RedisPool)
     half._name, half._url, half._cluster = "jobs", "redis://node1:7000/0", True
     assert repr(half) == "<RedisPool 'jobs' at redis://node1:7000/0 (cluster), slot_size=0, attached, closed>"
     with RedisPool.create(pool_name, url=redis_url, capacity=2, value_type=_RedisJob) as pool:
         handle = pool.allocate(_RedisJob(1))
-        index = unpack(handle)[0]
-        raw = redis.Redis.from_url(redis_url)
-        try:
-            raw.hset(pool_keys(pool_name)[4], str(index), msgspec.msgpack.encode({"id": "not an int"}))
-        finally:
-            raw.close()
+        index = _overwrite_slot(redis_url, pool_name, handle, msgspec.msgpack.encode({"id": "not an int"}))
         with pytest.raises(SerializationError) as raised:
             pool.get(handle)
         assert str(raised.value).startswith(f"slot {index} of pool {pool_name!r} holds a value not of its value_type (")
