@@ -52,6 +52,23 @@ def item(i: int) -> dict:
     return {"id": i, "t": time.perf_counter_ns(), "op": "resize", "size": [640, 480], "user": "alice"}
 
 
+def _channel_receive(ch, batch: bool):
+    """A consumer's receive on channel `ch` (shared memory or Redis): one item, or a batch of up to
+    BATCH in which only this consumer's stop mark stays (the others go back for their consumers)."""
+    if not batch:
+        return ch.get
+
+    def receive():
+        got = ch.get_many(BATCH)
+        stops = got.count(None)
+        if stops > 1:
+            ch.put_many([None] * (stops - 1))
+            return got[:len(got) - stops + 1]
+        return got
+
+    return receive
+
+
 @dataclass(frozen=True)
 class Sizes:
     items: int  # throughput phase
@@ -201,18 +218,7 @@ class PoolChannel(_Transport):
         from fastalloc_shm import attach
 
         pool = attach(tag)
-        ch = pool.channel("todo")
-        if self.batch:
-            def receive():
-                got = ch.get_many(BATCH)
-                stops = got.count(None)
-                if stops > 1:  # one stop mark is this consumer's; the others go back for theirs
-                    ch.put_many([None] * (stops - 1))
-                    return got[:len(got) - stops + 1]
-                return got
-        else:
-            receive = ch.get
-        return _Ends(receive=receive, close=pool.close)
+        return _Ends(receive=_channel_receive(pool.channel("todo"), self.batch), close=pool.close)
 
 
 class FasterFifo(_Transport):
@@ -328,17 +334,7 @@ class RedisPoolChannel(_Transport):
 
     def consumer(self, shared, index):
         pool, ch = self._open(shared)
-        if self.batch:
-            def receive():
-                got = ch.get_many(BATCH)
-                stops = got.count(None)
-                if stops > 1:  # one stop mark is this consumer's; the others go back for theirs
-                    ch.put_many([None] * (stops - 1))
-                    return got[:len(got) - stops + 1]
-                return got
-        else:
-            receive = ch.get
-        return _Ends(receive=receive, close=pool.close)
+        return _Ends(receive=_channel_receive(ch, self.batch), close=pool.close)
 
 
 class Iceoryx2Events(_Transport):
