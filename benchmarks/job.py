@@ -52,6 +52,13 @@ def item(i: int) -> dict:
     return {"id": i, "t": time.perf_counter_ns(), "op": "resize", "size": [640, 480], "user": "alice"}
 
 
+def _channel_send(ch, batch: bool):
+    """A producer's send on channel `ch`: one item, or a batch (a list; None alone is the stop mark)."""
+    if not batch:
+        return ch.put
+    return lambda x: ch.put_many([None] if x is None else x)
+
+
 def _channel_receive(ch, batch: bool):
     """A consumer's receive on channel `ch` (shared memory or Redis): one item, or a batch of up to
     BATCH in which only this consumer's stop mark stays (the others go back for their consumers)."""
@@ -206,13 +213,7 @@ class PoolChannel(_Transport):
         from fastalloc_shm import attach
 
         pool = attach(tag)
-        ch = pool.channel("todo")
-        if self.batch:
-            def send(x):
-                ch.put_many([None] if x is None else x)
-        else:
-            send = ch.put
-        return _Ends(send=send, close=pool.close)
+        return _Ends(send=_channel_send(pool.channel("todo"), self.batch), close=pool.close)
 
     def consumer(self, tag, index):
         from fastalloc_shm import attach
@@ -325,12 +326,7 @@ class RedisPoolChannel(_Transport):
 
     def producer(self, shared):
         pool, ch = self._open(shared)
-        if self.batch:
-            def send(x):
-                ch.put_many([None] if x is None else x)
-        else:
-            send = ch.put
-        return _Ends(send=send, close=pool.close)
+        return _Ends(send=_channel_send(ch, self.batch), close=pool.close)
 
     def consumer(self, shared, index):
         pool, ch = self._open(shared)
