@@ -14,6 +14,7 @@ import pytest
 
 from fastalloc_shm import FixedPool, PoolExhausted, ThreadLocalPool, ThreadSafePool
 
+from .alarms import Interrupted, interrupted_after
 from .invariants import check_invariants
 from .test_crash import Child
 
@@ -108,28 +109,18 @@ def test_an_enormous_lock_timeout_waits_like_any_other(tmp_path, pool_name):
         assert child.proc.returncode == 0
 
 
-class _Interrupted(Exception):
-    pass
-
 
 def test_a_signal_handler_runs_while_a_call_waits_for_the_lock(tmp_path, pool_name):
     """Waits are sliced, with signals checked between slices: a handler's exception arrives while the
     holder is still stopped, long before lock_timeout, and the pool is whole afterwards."""
-    def interrupt(signum, frame):
-        raise _Interrupted
-
     with FixedPool.create(pool_name, capacity=4, lock_timeout=30) as pool:
         child = Child(tmp_path, pool_name, "allocate", "alloc.popped", action="stop")
-        previous = signal.signal(signal.SIGALRM, interrupt)
         try:
-            signal.setitimer(signal.ITIMER_REAL, 0.2)
             started = time.monotonic()
-            with pytest.raises(_Interrupted):
+            with interrupted_after(0.2), pytest.raises(Interrupted):
                 pool.allocate("waits for a stopped holder")
             assert time.monotonic() - started < 10, "the handler ran only when the wait was over"
         finally:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-            signal.signal(signal.SIGALRM, previous)
             os.kill(child.proc.pid, signal.SIGCONT)
             child.proc.communicate(timeout=30)
         h = pool.allocate("after")

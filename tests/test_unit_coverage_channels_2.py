@@ -9,13 +9,13 @@ signal handler's exception ends the wait, and puts nothing.
 
 from __future__ import annotations
 
-import signal
 import time
 
 import pytest
 
 from fastalloc_shm import FixedPool, LockTimeout
 
+from .alarms import Interrupted, interrupted_after
 from .test_unit_lock import Holder
 
 
@@ -38,9 +38,6 @@ def test_opening_a_channel_and_put_handle_time_out_on_a_held_lock_and_change_not
         assert jobs.get(timeout=5) == "mine"
 
 
-class Interrupted(Exception):
-    pass
-
 
 def test_a_signal_ending_put_manys_wait_gives_its_tokens_back(pool_name):
     """Capacity 4 with 3 held: put_many of 2 waits for room holding the one free slot's token; a
@@ -50,19 +47,10 @@ def test_a_signal_ending_put_manys_wait_gives_its_tokens_back(pool_name):
         jobs = pool.channel("jobs")
         assert pool._core.semaphore_value == 1
 
-        def interrupt(signum, frame):
-            raise Interrupted
-
-        previous = signal.signal(signal.SIGALRM, interrupt)
-        try:
-            signal.setitimer(signal.ITIMER_REAL, 0.3)
-            started = time.monotonic()
-            with pytest.raises(Interrupted):
-                jobs.put_many(["a", "b"], timeout=30)
-            assert time.monotonic() - started < 10
-        finally:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-            signal.signal(signal.SIGALRM, previous)
+        started = time.monotonic()
+        with interrupted_after(0.3), pytest.raises(Interrupted):
+            jobs.put_many(["a", "b"], timeout=30)
+        assert time.monotonic() - started < 10
         assert pool._core.semaphore_value == 1, "a token the wait held was not given back"
         assert jobs.statistics()["length"] == 0 and len(pool) == 3
         jobs.put_many(["a"])

@@ -275,27 +275,19 @@ def test_acquire_out_of_memory_leaks_no_slot(pool_name):
 # -- channels -------------------------------------------------------------------------------
 
 
-def test_channel_put_out_of_memory_queues_nothing(model):
+@pytest.mark.parametrize(("operation", "argument", "queued"), [
+    ("channel_put", VALUE, [VALUE]),
+    ("channel_put_many", [LONG, OTHER, VALUE], [LONG, OTHER, VALUE]),
+], ids=["put", "put_many"])
+def test_channel_put_out_of_memory_queues_all_or_nothing(model, operation, argument, queued):
     number = model.channels["jobs"]._number
 
     def check(result):
         if result is not FAILED:
-            model.queues["jobs"].append(VALUE)
+            model.queues["jobs"].extend(queued)
         model.assert_sound()
 
-    assert sweep(model.core.channel_put, number, VALUE, None, check=check) > 0
-
-
-def test_channel_put_many_out_of_memory_queues_all_or_nothing(model):
-    number = model.channels["jobs"]._number
-    values = [LONG, OTHER, VALUE]
-
-    def check(result):
-        if result is not FAILED:
-            model.queues["jobs"].extend(values)
-        model.assert_sound()
-
-    assert sweep(model.core.channel_put_many, number, values, None, check=check) > 0
+    assert sweep(getattr(model.core, operation), number, argument, None, check=check) > 0
 
 
 def test_channel_put_handle_out_of_memory_keeps_the_handle(model):

@@ -22,6 +22,8 @@ import pytest
 from fastalloc_shm import FastallocError, FixedPool, PoolExhausted, ThreadLocalPool, _core, attach
 from fastalloc_shm import pool as pool_module
 
+from .alarms import interrupted_after
+
 
 @pytest.fixture
 def core_arguments(pool_name, monkeypatch):
@@ -286,17 +288,9 @@ def test_a_signal_handler_raising_while_close_waits_ends_the_close(pool_name):
             assert time.monotonic() < deadline
             time.sleep(0.001)
 
-        def interrupt(signum, frame):
-            raise KeyboardInterrupt("stop closing")
-
-        previous = signal.signal(signal.SIGALRM, interrupt)
-        try:
-            signal.setitimer(signal.ITIMER_REAL, 0.05)
-            with pytest.raises(KeyboardInterrupt, match="stop closing"):
-                pool._core.close()
-        finally:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-            signal.signal(signal.SIGALRM, previous)
+        with interrupted_after(0.05, KeyboardInterrupt("stop closing")), \
+                pytest.raises(KeyboardInterrupt, match="stop closing"):
+            pool._core.close()
         t.join()
         assert not pool._core.closed and pool.get(h) == "only"
     finally:

@@ -26,6 +26,8 @@ import pytest
 from fastalloc_shm import FastallocError, FixedPool, GrowingPool, GrowthStrategy, LockTimeout, ThreadSafePool, attach
 from fastalloc_shm import _layout as L
 
+from .alarms import Interrupted, interrupted_after
+
 ROOT = Path(__file__).resolve().parent.parent
 HOLD = """
 import sys, fastalloc_shm
@@ -185,29 +187,19 @@ def test_a_wait_for_a_holder_that_lets_go_is_counted(tmp_path, pool_name):
             holder.kill()
 
 
-class Interrupted(Exception):
-    pass
-
 
 def test_a_signal_handler_runs_during_a_wait_and_nothing_stays_held(tmp_path, pool_name):
     """A wait of centuries is still interruptible: the handler's exception comes out, no lock with it."""
     with FixedPool.create(pool_name, capacity=4, lock_timeout=5) as pool:
         holder = Holder(tmp_path, pool_name, "stop")
 
-        def interrupt(signum, frame):
-            raise Interrupted
-
-        previous = signal.signal(signal.SIGALRM, interrupt)
         try:
-            signal.setitimer(signal.ITIMER_REAL, 0.2)
             started = time.monotonic()
-            with pytest.raises(Interrupted):
+            with interrupted_after(0.2), pytest.raises(Interrupted):
                 pool.recover(lock_wait=1e300)
             assert time.monotonic() - started < 3
             assert (word(pool, L.HDR_LOCK_HOLDER) & 0xFFFFFFFF) == holder.pid
         finally:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-            signal.signal(signal.SIGALRM, previous)
             holder.kill()
         report = pool.recover()  # the stopped holder was killed: this locker repairs
         assert report.lock_taken_over and pool._core.semaphore_value == 4

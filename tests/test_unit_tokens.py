@@ -8,7 +8,6 @@ sleeps on it for a release, with signals running meanwhile.
 
 from __future__ import annotations
 
-import signal
 import threading
 import time
 
@@ -16,6 +15,8 @@ import posix_ipc
 import pytest
 
 from fastalloc_shm import FixedPool, PoolExhausted
+
+from .alarms import Interrupted, interrupted_after
 
 
 @pytest.fixture
@@ -76,23 +77,11 @@ def test_a_timed_allocate_waits_for_a_release(pool):
     assert pool.get(h) == "woken" and time.monotonic() - started < 5
 
 
-class Interrupted(Exception):
-    pass
-
 
 def test_a_signal_handler_runs_during_a_wait(pool):
     for i in range(8):
         pool.allocate(i)
 
-    def interrupt(signum, frame):
-        raise Interrupted
-
-    previous = signal.signal(signal.SIGALRM, interrupt)
-    try:
-        signal.setitimer(signal.ITIMER_REAL, 0.15)
-        with pytest.raises(Interrupted):
-            pool.allocate("never", timeout=30)
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+    with interrupted_after(0.15), pytest.raises(Interrupted):
+        pool.allocate("never", timeout=30)
     assert len(pool) == 8 and pool._core.semaphore_value == 0
